@@ -1,0 +1,316 @@
+//! The HTTP edge: errors of the layers become problem+json responses; request bodies are capped;
+//! panics become 500s.
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::response::{IntoResponse, Response};
+use http::{Request, StatusCode, header};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tower_http::catch_panic::ResponseForPanic;
+
+use super::Problem;
+use crate::resilience::BoxError;
+use crate::resilience::bulkhead::BulkheadFull;
+use crate::resilience::timeout::Elapsed;
+
+/// The problem details answering an error from a chassis layer: `503` for a timeout or a full
+/// bulkhead, `413` for a body over the limit, `500` for anything unknown (logged at ERROR, with
+/// no internals in the response).
+///
+/// ```
+/// use chassis::resilience::timeout::Elapsed;
+/// use std::time::Duration;
+///
+/// let problem = chassis::http::problem_for(&Elapsed::new(Duration::from_secs(30)));
+/// assert_eq!(problem.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+/// assert_eq!(problem.type_uri(), "urn:chassis:problem:timeout");
+/// ```
+pub fn problem_for(error: &(dyn std::error::Error + 'static)) -> Problem {
+    if let Some(e) = error.downcast_ref::<Elapsed>() {
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out").with_detail(format!(
+            "the request did not complete within {}",
+            crate::config::duration::format(&e.after())
+        ));
+    }
+    if let Some(e) = error.downcast_ref::<BulkheadFull>() {
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded")
+            .with_detail(e.to_string())
+            .with_retry_after(std::time::Duration::from_secs(1));
+    }
+    if let Some(e) = error.downcast_ref::<PayloadTooLarge>() {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Request body too large",
+        )
+        .with_detail(e.to_string())
+        .with_extension("limit_bytes", e.limit);
+    }
+    tracing::error!(error = %error, "request failed with an unexpected error");
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error")
+}
+
+/// Turns the errors of the layers inside it into problem+json responses (see [`problem_for`]),
+/// so the service as a whole never fails and every rejection is a proper HTTP answer.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use chassis::http::ProblemLayer;
+/// use chassis::resilience::timeout::TimeoutLayer;
+/// use tower::ServiceBuilder;
+///
+/// let app = ServiceBuilder::new()
+///     .layer(ProblemLayer)
+///     .layer(TimeoutLayer::new(Duration::from_secs(10)))
+///     .service(Router::new().route("/", get(|| async { "hi" })));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProblemLayer;
+
+impl<S> Layer<S> for ProblemLayer {
+    type Service = ProblemService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ProblemService { inner }
+    }
+}
+
+/// The service of [`ProblemLayer`].
+#[derive(Debug, Clone)]
+pub struct ProblemService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for ProblemService<S>
+where
+    S: Service<Request<B>, Response = Response>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ProblemFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A layer that fails readiness fails the call instead; our layers are always ready.
+        let _ = ready!(self.inner.poll_ready(cx));
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        ProblemFuture {
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ProblemService`].
+    pub struct ProblemFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, E> Future for ProblemFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(match ready!(self.project().inner.poll(cx)) {
+            Ok(response) => response,
+            Err(error) => problem_for(&*error.into()).into_response(),
+        }))
+    }
+}
+
+/// The request declared a body larger than the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request body of {declared} bytes exceeds the limit of {limit} bytes")]
+pub struct PayloadTooLarge {
+    declared: u64,
+    limit: u64,
+}
+
+/// Rejects requests whose `Content-Length` exceeds the limit with [`PayloadTooLarge`] (413
+/// problem+json at the edge) before the handler runs. Bodies without a length (chunked) are
+/// capped by axum's `DefaultBodyLimit`, which the runtime sets to the same limit.
+///
+/// ```
+/// use chassis::http::BodyLimitLayer;
+/// let layer = BodyLimitLayer::new(2 * 1024 * 1024);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimitLayer {
+    limit: u64,
+}
+
+impl BodyLimitLayer {
+    /// A limit of `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> Layer<S> for BodyLimitLayer {
+    type Service = BodyLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyLimit {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+/// The service of [`BodyLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct BodyLimit<S> {
+    inner: S,
+    limit: u64,
+}
+
+impl<S, B> Service<Request<B>> for BodyLimit<S>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BodyLimitFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let state = match declared {
+            Some(declared) if declared > self.limit => BodyLimitFutureState::Rejected {
+                error: Some(PayloadTooLarge {
+                    declared,
+                    limit: self.limit,
+                }),
+            },
+            _ => BodyLimitFutureState::Inner {
+                inner: self.inner.call(request),
+            },
+        };
+        BodyLimitFuture { state }
+    }
+}
+
+pin_project! {
+    /// Response future of [`BodyLimit`].
+    pub struct BodyLimitFuture<F> {
+        #[pin]
+        state: BodyLimitFutureState<F>,
+    }
+}
+
+pin_project! {
+    #[project = BodyLimitProj]
+    enum BodyLimitFutureState<F> {
+        /// Within the limit.
+        Inner { #[pin] inner: F },
+        /// Over the limit.
+        Rejected { error: Option<PayloadTooLarge> },
+    }
+}
+
+impl<F, T, E> Future for BodyLimitFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            BodyLimitProj::Inner { inner } => inner.poll(cx).map_err(Into::into),
+            BodyLimitProj::Rejected { error } => {
+                Poll::Ready(Err(Box::new(error.take().expect("polled after completion"))))
+            }
+        }
+    }
+}
+
+/// Answers a panic in a handler with a 500 problem+json, and logs the panic message at ERROR
+/// inside the request's span. Use with tower-http's `CatchPanicLayer::custom`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PanicResponse;
+
+impl ResponseForPanic for PanicResponse {
+    type ResponseBody = axum::body::Body;
+
+    fn response_for_panic(&mut self, panic: Box<dyn Any + Send + 'static>) -> http::Response<Self::ResponseBody> {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        tracing::error!(panic = message, "handler panicked");
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error").into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::post;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn oversized_declared_body_is_a_413_problem() {
+        let app = ProblemLayer.layer(BodyLimitLayer::new(10).layer(Router::new().route("/", post(|| async { "ok" }))));
+        let response = app
+            .clone()
+            .oneshot(
+                Request::post("/")
+                    .header("content-length", "11")
+                    .body(Body::from("x".repeat(11)))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], super::super::PROBLEM_JSON);
+        let body: serde_json::Value =
+            serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 4096).await.unwrap()).unwrap();
+        assert_eq!(body["limit_bytes"], 10);
+
+        let response = app
+            .oneshot(
+                Request::post("/")
+                    .header("content-length", "10")
+                    .body(Body::from("x".repeat(10)))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn unknown_errors_are_an_opaque_500() {
+        let problem = problem_for(&std::io::Error::other("db password is hunter2"));
+        assert_eq!(problem.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(problem.detail().is_none(), "no internals leak to the client");
+    }
+}

@@ -1,0 +1,43 @@
+//! A microservice chassis: tower layers for tracing, metrics, health, resilience, idempotency
+//! and messaging, plus a runtime with graceful shutdown.
+//!
+//! Every concern is a module usable on its own ([`telemetry`], [`metrics`], [`health`],
+//! [`resilience`], ...). The [`runtime`] composes them, and `#[chassis::main]` wires the
+//! runtime into a service's `main`:
+//!
+//! ```no_run
+//! #[derive(serde::Deserialize)]
+//! struct Settings {
+//!     greeting: String,
+//! }
+//!
+//! #[chassis::main]
+//! async fn main(ctx: chassis::Context<Settings>) -> chassis::Result<axum::Router> {
+//!     let greeting = ctx.settings().greeting.clone();
+//!     Ok(axum::Router::new().route("/", axum::routing::get(move || async move { greeting })))
+//! }
+//! ```
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod config;
+mod error;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod resilience;
+pub mod runtime;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::{Error, Result};
+pub use runtime::{Context, Options, RunningService, run, start};
+
+#[cfg(feature = "macros")]
+pub use chassis_macros::main;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use axum::Router;
+}

@@ -1,0 +1,146 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::{HTTP_SERVER_ACTIVE_REQUESTS, HTTP_SERVER_REQUEST_DURATION};
+use crate::http::{MatchedRoute, method_label};
+
+/// RED metrics for inbound HTTP: `http_server_request_duration_seconds` (histogram by method,
+/// matched route and status) and `http_server_active_requests` (gauge by method).
+///
+/// The route label is the matched route template, or `unmatched`: never the raw path, so a
+/// scanner walking random URLs adds one series, not one per URL. The router needs
+/// [`CaptureRouteLayer`](crate::http::CaptureRouteLayer) (the runtime adds it).
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use chassis::http::CaptureRouteLayer;
+/// use chassis::metrics::HttpMetricsLayer;
+/// use tower::ServiceBuilder;
+///
+/// let router = Router::new().route("/orders/{id}", get(|| async { "order" })).layer(CaptureRouteLayer);
+/// let app = ServiceBuilder::new().layer(HttpMetricsLayer::new()).service(router);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpMetricsLayer {
+    _private: (),
+}
+
+impl HttpMetricsLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S> Layer<S> for HttpMetricsLayer {
+    type Service = HttpMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpMetrics { inner }
+    }
+}
+
+/// The service of [`HttpMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct HttpMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for HttpMetrics<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = HttpMetricsFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let route = MatchedRoute::attach(&mut request);
+        let method = method_label(request.method());
+        metrics::gauge!(HTTP_SERVER_ACTIVE_REQUESTS, "http_request_method" => method).increment(1.0);
+        HttpMetricsFuture {
+            inner: self.inner.call(request),
+            guard: ActiveGuard { method },
+            route,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Decrements the in-flight gauge even when the request future is dropped (client gone,
+/// timeout further out).
+struct ActiveGuard {
+    method: &'static str,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(HTTP_SERVER_ACTIVE_REQUESTS, "http_request_method" => self.method).decrement(1.0);
+    }
+}
+
+pin_project! {
+    /// Response future of [`HttpMetrics`].
+    pub struct HttpMetricsFuture<F> {
+        #[pin]
+        inner: F,
+        guard: ActiveGuard,
+        route: MatchedRoute,
+        started: Instant,
+    }
+}
+
+impl<F, B, E> Future for HttpMetricsFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let status = result.as_ref().map(|r| r.status().as_u16()).unwrap_or(500);
+        metrics::histogram!(
+            HTTP_SERVER_REQUEST_DURATION,
+            "http_request_method" => this.guard.method,
+            "http_route" => this.route.label().to_owned(),
+            "http_response_status_code" => status_label(status),
+        )
+        .record(this.started.elapsed().as_secs_f64());
+        Poll::Ready(result)
+    }
+}
+
+/// The status code as a `'static` label, without formatting a string per request.
+pub(crate) fn status_label(status: u16) -> &'static str {
+    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| (100..600).map(|code: u16| code.to_string()).collect());
+    match status {
+        100..=599 => labels[usize::from(status - 100)].as_str(),
+        _ => "_OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels() {
+        assert_eq!(status_label(200), "200");
+        assert_eq!(status_label(599), "599");
+        assert_eq!(status_label(42), "_OTHER");
+    }
+}

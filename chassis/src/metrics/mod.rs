@@ -1,0 +1,171 @@
+//! Prometheus metrics: the recorder, the `/metrics` exposition and the HTTP RED layer.
+//!
+//! [`install`] sets a [`metrics`] recorder from metrics-exporter-prometheus as the process'
+//! global recorder (once per process) with histogram buckets for every `*_seconds` metric, and
+//! registers the `chassis_build_info` gauge. The exposition is rendered by the admin
+//! listener's `/metrics`; there is no second HTTP server.
+//!
+//! Any code in the service can record with the [`metrics`] macros and the series appear on the
+//! same endpoint.
+//!
+//! | series | type | labels |
+//! |---|---|---|
+//! | `http_server_request_duration_seconds` | histogram | `http_request_method`, `http_route`, `http_response_status_code` |
+//! | `http_server_active_requests` | gauge | `http_request_method` |
+//! | `chassis_build_info` | gauge (always 1) | `service`, `version`, `chassis_version` |
+//! | `process_*` | see the `metrics-process` crate | |
+
+mod layer;
+
+use std::sync::{Arc, OnceLock};
+
+use metrics::Unit;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+
+pub use layer::{HttpMetrics, HttpMetricsFuture, HttpMetricsLayer};
+
+use crate::config::{Problems, ServiceConfig};
+
+/// Name of the request duration histogram.
+pub const HTTP_SERVER_REQUEST_DURATION: &str = "http_server_request_duration_seconds";
+/// Name of the in-flight requests gauge.
+pub const HTTP_SERVER_ACTIVE_REQUESTS: &str = "http_server_active_requests";
+/// Name of the build info gauge.
+pub const BUILD_INFO: &str = "chassis_build_info";
+
+/// The OpenTelemetry semantic conventions' recommended buckets for HTTP durations, in seconds.
+pub const DEFAULT_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// `[metrics]`: the recorder and the HTTP metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MetricsConfig {
+    /// `metrics.enabled`: install the recorder, the HTTP layer and `/metrics`. Default `true`.
+    pub enabled: bool,
+    /// `metrics.process`: also export `process_*` metrics (CPU, memory, open fds, threads).
+    /// Default `true`.
+    pub process: bool,
+    /// `metrics.duration_buckets`: bucket bounds, in seconds, for every histogram whose name ends
+    /// in `_seconds`. Default: the OpenTelemetry HTTP recommendation,
+    /// `[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]`.
+    pub duration_buckets: Vec<f64>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            process: true,
+            duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub(crate) fn validate(&self, problems: &mut Problems) {
+        let buckets = &self.duration_buckets;
+        problems.check(
+            !buckets.is_empty()
+                && buckets.iter().all(|b| b.is_finite() && *b > 0.0)
+                && buckets.windows(2).all(|w| w[0] < w[1]),
+            "metrics.duration_buckets",
+            "must be a non-empty list of positive numbers in increasing order",
+        );
+    }
+}
+
+/// Why metrics could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetricsError {
+    /// Another global `metrics` recorder was installed before the chassis'.
+    #[error(
+        "another global metrics recorder is already installed; the chassis needs its own to serve /metrics (disable it with metrics.enabled = false)"
+    )]
+    RecorderTaken,
+    /// The bucket configuration was rejected.
+    #[error("invalid histogram buckets: {0}")]
+    Buckets(String),
+}
+
+/// Renders the Prometheus exposition of everything recorded in this process.
+#[derive(Clone)]
+pub struct MetricsHandle {
+    prometheus: PrometheusHandle,
+    process: Option<Arc<metrics_process::Collector>>,
+}
+
+impl std::fmt::Debug for MetricsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsHandle")
+            .field("process", &self.process.is_some())
+            .finish()
+    }
+}
+
+impl MetricsHandle {
+    /// The text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        if let Some(process) = &self.process {
+            process.collect();
+        }
+        // Upkeep drains histogram buckets; doing it at scrape time spares a background task.
+        self.prometheus.run_upkeep();
+        self.prometheus.render()
+    }
+}
+
+static INSTALLED: OnceLock<MetricsHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the global [`metrics`] recorder and records
+/// `chassis_build_info`. The first call configures the recorder; later calls in the same process
+/// return the same handle (and add their own build info).
+///
+/// ```
+/// let handle = chassis::metrics::install(&Default::default(), &Default::default()).unwrap();
+/// metrics::counter!("orders_placed_total").increment(1);
+/// assert!(handle.render().contains("orders_placed_total 1"));
+/// ```
+pub fn install(config: &MetricsConfig, service: &ServiceConfig) -> Result<MetricsHandle, MetricsError> {
+    let handle = match INSTALLED.get() {
+        Some(handle) => handle.clone(),
+        None => {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &config.duration_buckets)
+                .map_err(|e| MetricsError::Buckets(e.to_string()))?
+                .build_recorder();
+            let prometheus = recorder.handle();
+            metrics::set_global_recorder(recorder).map_err(|_| MetricsError::RecorderTaken)?;
+            let process = config.process.then(|| {
+                let collector = metrics_process::Collector::default();
+                collector.describe();
+                Arc::new(collector)
+            });
+            describe();
+            let handle = MetricsHandle { prometheus, process };
+            INSTALLED.get_or_init(|| handle).clone()
+        }
+    };
+    metrics::gauge!(
+        BUILD_INFO,
+        "service" => service.name.clone(),
+        "version" => service.version.clone(),
+        "chassis_version" => env!("CARGO_PKG_VERSION"),
+    )
+    .set(1.0);
+    Ok(handle)
+}
+
+fn describe() {
+    metrics::describe_histogram!(
+        HTTP_SERVER_REQUEST_DURATION,
+        Unit::Seconds,
+        "Duration of HTTP server requests."
+    );
+    metrics::describe_gauge!(HTTP_SERVER_ACTIVE_REQUESTS, "Number of HTTP server requests in flight.");
+    metrics::describe_gauge!(BUILD_INFO, "Build information of the service; always 1.");
+}

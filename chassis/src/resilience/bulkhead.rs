@@ -1,0 +1,322 @@
+//! Bulkhead: a cap on concurrent calls, with an optional bounded queue.
+//!
+//! A call beyond `max_concurrent` waits in a queue of at most `max_queued` callers for at most
+//! `max_wait`; beyond that it fails at once with [`BulkheadFull`], which the HTTP edge answers
+//! `503` problem+json with `Retry-After: 1`. With `max_queued = 0` (the inbound default) this is
+//! load shedding: work the service cannot start now is refused in microseconds instead of
+//! piling up until everything times out.
+//!
+//! All services made by one [`BulkheadLayer`] share its permits, so a layer applied to a
+//! whole router is one bulkhead for the router.
+//!
+//! Metric: `chassis_bulkhead_rejected_total{bulkhead}`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service, ServiceExt};
+
+use super::BoxError;
+use crate::http::BoxFuture;
+
+/// Name of the rejection counter.
+pub const REJECTED_TOTAL: &str = "chassis_bulkhead_rejected_total";
+
+/// Bulkhead settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BulkheadConfig {
+    /// `max_concurrent`: calls running at once. Default `25` (Resilience4j's default).
+    pub max_concurrent: usize,
+    /// `max_queued`: calls allowed to wait for a slot. Default `0`: reject at once.
+    pub max_queued: usize,
+    /// `max_wait`: how long a queued call waits before it is rejected. Default `"0s"`; only
+    /// used when `max_queued > 0`.
+    #[serde(with = "crate::config::duration")]
+    pub max_wait: Duration,
+}
+
+impl Default for BulkheadConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 25,
+            max_queued: 0,
+            max_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// The bulkhead was full (and its queue too, or the wait ran out).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bulkhead {name:?} is full ({max_concurrent} calls running); try again shortly")]
+pub struct BulkheadFull {
+    name: String,
+    max_concurrent: usize,
+}
+
+impl BulkheadFull {
+    /// The bulkhead's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    semaphore: Arc<Semaphore>,
+    queued: AtomicUsize,
+    config: BulkheadConfig,
+}
+
+impl Shared {
+    fn rejected(&self) -> BoxError {
+        metrics::counter!(REJECTED_TOTAL, "bulkhead" => self.name.clone()).increment(1);
+        Box::new(BulkheadFull {
+            name: self.name.clone(),
+            max_concurrent: self.config.max_concurrent,
+        })
+    }
+}
+
+/// Caps concurrent calls; see the [module docs](self).
+///
+/// ```
+/// use chassis::resilience::bulkhead::{BulkheadConfig, BulkheadLayer};
+///
+/// let mut config = BulkheadConfig::default();
+/// config.max_concurrent = 100;
+/// let layer = BulkheadLayer::new("payments", config);
+/// assert_eq!(layer.available(), 100);
+/// ```
+#[derive(Debug, Clone)]
+pub struct BulkheadLayer {
+    shared: Arc<Shared>,
+}
+
+impl BulkheadLayer {
+    /// A bulkhead named `name` (the metric label).
+    pub fn new(name: impl Into<String>, config: BulkheadConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                name: name.into(),
+                semaphore: Arc::new(Semaphore::new(config.max_concurrent)),
+                queued: AtomicUsize::new(0),
+                config,
+            }),
+        }
+    }
+
+    /// Free slots right now.
+    pub fn available(&self) -> usize {
+        self.shared.semaphore.available_permits()
+    }
+}
+
+impl<S> Layer<S> for BulkheadLayer {
+    type Service = Bulkhead<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Bulkhead {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of [`BulkheadLayer`].
+#[derive(Debug, Clone)]
+pub struct Bulkhead<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, R> Service<R> for Bulkhead<S>
+where
+    S: Service<R> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BulkheadFuture<S::Future, S::Response>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        if let Ok(permit) = self.shared.semaphore.clone().try_acquire_owned() {
+            return BulkheadFutureState::Running {
+                inner: self.inner.call(request),
+                _permit: permit,
+            }
+            .into();
+        }
+        let shared = self.shared.clone();
+        let admitted = shared.config.max_queued > 0
+            && shared
+                .queued
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < shared.config.max_queued).then_some(n + 1)
+                })
+                .is_ok();
+        if !admitted {
+            return BulkheadFutureState::Rejected {
+                error: Some(shared.rejected()),
+            }
+            .into();
+        }
+        // Take the service that was made ready, leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        BulkheadFutureState::Queued {
+            future: Box::pin(async move {
+                let acquired =
+                    tokio::time::timeout(shared.config.max_wait, shared.semaphore.clone().acquire_owned()).await;
+                shared.queued.fetch_sub(1, Ordering::AcqRel);
+                let _permit = match acquired {
+                    Ok(Ok(permit)) => permit,
+                    _ => return Err(shared.rejected()),
+                };
+                inner.oneshot(request).await.map_err(Into::into)
+            }),
+        }
+        .into()
+    }
+}
+
+pin_project! {
+    /// Response future of [`Bulkhead`].
+    pub struct BulkheadFuture<F, T> {
+        #[pin]
+        state: BulkheadFutureState<F, T>,
+    }
+}
+
+impl<F, T> From<BulkheadFutureState<F, T>> for BulkheadFuture<F, T> {
+    fn from(state: BulkheadFutureState<F, T>) -> Self {
+        Self { state }
+    }
+}
+
+pin_project! {
+    #[project = BulkheadProj]
+    enum BulkheadFutureState<F, T> {
+        /// Admitted at once.
+        Running { #[pin] inner: F, _permit: OwnedSemaphorePermit },
+        /// Waiting in the queue.
+        Queued { future: BoxFuture<'static, Result<T, BoxError>> },
+        /// Rejected.
+        Rejected { error: Option<BoxError> },
+    }
+}
+
+impl<F, T, E> Future for BulkheadFuture<F, T>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            BulkheadProj::Running { inner, .. } => inner.poll(cx).map_err(Into::into),
+            BulkheadProj::Queued { future } => future.as_mut().poll(cx),
+            BulkheadProj::Rejected { error } => Poll::Ready(Err(error.take().expect("polled after completion"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use tokio::sync::oneshot;
+    use tower::service_fn;
+
+    fn config(max_concurrent: usize, max_queued: usize, max_wait_ms: u64) -> BulkheadConfig {
+        BulkheadConfig {
+            max_concurrent,
+            max_queued,
+            max_wait: Duration::from_millis(max_wait_ms),
+        }
+    }
+
+    /// A service whose calls finish when the test says so.
+    fn gated()
+    -> impl Service<oneshot::Receiver<()>, Response = (), Error = Infallible, Future: Send> + Clone + Send + 'static
+    {
+        service_fn(|gate: oneshot::Receiver<()>| async move {
+            let _ = gate.await;
+            Ok::<_, Infallible>(())
+        })
+    }
+
+    #[tokio::test]
+    async fn rejects_beyond_the_limit_without_a_queue() {
+        let layer = BulkheadLayer::new("t", config(2, 0, 0));
+        let svc = layer.layer(gated());
+        let (tx1, rx1) = oneshot::channel();
+        let (tx2, rx2) = oneshot::channel();
+        let a = tokio::spawn(svc.clone().oneshot(rx1));
+        let b = tokio::spawn(svc.clone().oneshot(rx2));
+        tokio::task::yield_now().await;
+        while layer.available() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let (_tx3, rx3) = oneshot::channel();
+        let err = svc.clone().oneshot(rx3).await.unwrap_err();
+        assert!(err.downcast_ref::<BulkheadFull>().is_some(), "{err}");
+
+        tx1.send(()).unwrap();
+        a.await.unwrap().unwrap();
+        assert_eq!(layer.available(), 1, "a finished call frees its slot");
+        tx2.send(()).unwrap();
+        b.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_calls_wait_for_a_slot_then_time_out() {
+        let layer = BulkheadLayer::new("t", config(1, 1, 100));
+        let svc = layer.layer(gated());
+        let (tx1, rx1) = oneshot::channel();
+        let running = tokio::spawn(svc.clone().oneshot(rx1));
+        while layer.available() > 0 {
+            tokio::task::yield_now().await;
+        }
+        // One waits in the queue; the next is over the queue bound and fails at once.
+        let (tx2, rx2) = oneshot::channel();
+        let queued = tokio::spawn(svc.clone().oneshot(rx2));
+        tokio::task::yield_now().await;
+        let (_tx3, rx3) = oneshot::channel();
+        assert!(svc.clone().oneshot(rx3).await.is_err());
+
+        // The slot frees before max_wait: the queued call runs.
+        tx1.send(()).unwrap();
+        running.await.unwrap().unwrap();
+        tx2.send(()).unwrap();
+        queued.await.unwrap().unwrap();
+
+        // Now hold the slot past max_wait: the queued call is rejected after exactly 100ms.
+        let (_hold, rx4) = oneshot::channel();
+        let _blocker = tokio::spawn(svc.clone().oneshot(rx4));
+        while layer.available() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = tokio::time::Instant::now();
+        let (_tx5, rx5) = oneshot::channel();
+        assert!(svc.oneshot(rx5).await.is_err());
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,120 @@
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ChassisConfig, Config};
+use crate::health::HealthRegistry;
+use crate::metrics::MetricsHandle;
+
+/// What a service's init function gets: its settings, the chassis config, the health registry
+/// and the hooks into graceful shutdown. Cheap to clone.
+///
+/// ```
+/// use chassis::Context;
+/// use chassis::health::{Check, CheckResult};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Settings { greeting: String }
+///
+/// async fn init(ctx: Context<Settings>) -> chassis::Result<axum::Router> {
+///     let greeting = ctx.settings().greeting.clone();
+///     ctx.health().register(Check::new("cache", || async { CheckResult::pass() }));
+///     let stop = ctx.shutdown_token();
+///     ctx.spawn(async move { stop.cancelled().await /* a worker loop would select on this */ });
+///     Ok(axum::Router::new().route("/", axum::routing::get(move || async move { greeting })))
+/// }
+/// ```
+pub struct Context<T> {
+    inner: Arc<Inner<T>>,
+}
+
+struct Inner<T> {
+    config: Config<T>,
+    health: HealthRegistry,
+    metrics: Option<MetricsHandle>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl<T> Clone for Context<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Context<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("service", &self.inner.config.chassis.service.name)
+            .field("shutting_down", &self.inner.shutdown.is_cancelled())
+            .field("tasks", &self.inner.tasks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Context<T> {
+    pub(crate) fn new(
+        config: Config<T>,
+        health: HealthRegistry,
+        metrics: Option<MetricsHandle>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                health,
+                metrics,
+                shutdown,
+                tasks,
+            }),
+        }
+    }
+
+    /// The service's own settings: everything in the config tree outside the chassis' sections.
+    pub fn settings(&self) -> &T {
+        &self.inner.config.settings
+    }
+
+    /// The chassis' sections of the config (`[service]`, `[http]`, `[telemetry]`, ...).
+    pub fn config(&self) -> &ChassisConfig {
+        &self.inner.config.chassis
+    }
+
+    /// The health registry behind `/health/*`: register checks for the service's dependencies.
+    pub fn health(&self) -> &HealthRegistry {
+        &self.inner.health
+    }
+
+    /// The Prometheus handle, when metrics are enabled.
+    pub fn metrics(&self) -> Option<&MetricsHandle> {
+        self.inner.metrics.as_ref()
+    }
+
+    /// A token cancelled when the listener closes at shutdown (after the readiness delay).
+    /// Background loops (consumers, pollers) stop taking new work when it fires and finish what
+    /// they hold within `shutdown.grace_period`.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Spawns a background task that shutdown waits for (within `shutdown.grace_period`).
+    /// The task should watch [`Context::shutdown_token`] to know when to stop.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.tasks.spawn(task)
+    }
+
+    /// The tracker of tasks started with [`Context::spawn`].
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+}

@@ -1,0 +1,496 @@
+//! Assembles the layers, serves the main and admin listeners, and shuts down gracefully.
+//!
+//! [`run`] is what `#[chassis::main]` calls: it builds the tokio runtime, [`start`]s the
+//! service, waits for SIGTERM or Ctrl-C and turns the outcome into an exit code. [`start`] is
+//! the same without the runtime and the signals, for tests and for embedding.
+//!
+//! Start-up, in order: load and validate the config; install logging, tracing and metrics;
+//! bind both listeners (so a taken port fails before any work is done); serve the admin
+//! endpoints (the startup probe answers `fail` until init finishes); run the service's init
+//! function; serve its routes; mark the service ready.
+//!
+//! Shutdown, in order: readiness turns to `fail`; after `shutdown.readiness_delay` the listener
+//! closes and [`Context::shutdown_token`] fires; in-flight requests and the tasks started with
+//! [`Context::spawn`] get `shutdown.grace_period` to finish; the admin listener closes;
+//! buffered spans are exported.
+
+mod context;
+mod inbound;
+mod settings;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use axum::serve::{IncomingStream, Listener, ListenerExt as _};
+use http::{HeaderValue, header};
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use context::Context;
+pub use inbound::{InboundFuture, InboundService};
+pub use settings::{AdminConfig, HttpConfig, ShutdownConfig};
+
+use crate::config::{ConfigError, ConfigLoader};
+use crate::health::HealthRegistry;
+use crate::metrics::{MetricsError, MetricsHandle};
+use crate::telemetry::{TelemetryError, TelemetryGuard};
+
+/// The media type of `/metrics`.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How to start a service: where its config comes from and how many worker threads it gets.
+///
+/// ```
+/// use chassis::Options;
+///
+/// let options = Options::new()
+///     .prefix("ORDERS")
+///     .service_defaults("orders", "1.2.0")
+///     .configure(|loader| loader.set("http.port", 0).set("admin.port", 0));
+/// ```
+#[derive(Debug, Default)]
+pub struct Options {
+    loader: ConfigLoader,
+    worker_threads: Option<usize>,
+}
+
+impl Options {
+    /// Config from `config/` and `APP__*` environment variables; as many worker threads as cores.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The environment variable prefix: `prefix("ORDERS")` reads `ORDERS__HTTP__PORT`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.loader = self.loader.prefix(prefix);
+        self
+    }
+
+    /// The service's name and version unless the config sets `service.name` /
+    /// `service.version`. `#[chassis::main]` passes the crate's name and version.
+    pub fn service_defaults(mut self, name: &str, version: &str) -> Self {
+        self.loader = self
+            .loader
+            .default_value("service.name", name)
+            .default_value("service.version", version);
+        self
+    }
+
+    /// Adjusts the config loader: extra files, defaults, overrides.
+    pub fn configure(mut self, adjust: impl FnOnce(ConfigLoader) -> ConfigLoader) -> Self {
+        self.loader = adjust(self.loader);
+        self
+    }
+
+    /// Worker threads of the runtime [`run`] builds. Default: one per core.
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = Some(threads);
+        self
+    }
+}
+
+/// Why a service could not start. Each variant says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Logging or tracing could not be installed.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    /// The metrics recorder could not be installed.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({listener}): {source}; free the port or set {key} to another one")]
+    Bind {
+        /// `"http"` or `"admin"`.
+        listener: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The config key that sets the port.
+        key: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The service's init function returned an error.
+    #[error("the service's init function failed: {}", .0.report())]
+    Init(crate::Error),
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stopped {
+    /// Every in-flight request and background task finished within the grace period.
+    Drained,
+    /// The grace period ran out; the work still running was abandoned.
+    GracePeriodExceeded,
+}
+
+impl Stopped {
+    /// The process exit code for this outcome: success only when drained.
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            Self::Drained => ExitCode::SUCCESS,
+            Self::GracePeriodExceeded => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Triggers a graceful shutdown of a [`RunningService`] from anywhere. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    /// Begins the graceful shutdown. Calling it again has no effect.
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+}
+
+/// A started service. Dropping it does not stop it; call [`RunningService::shutdown`] and
+/// [`RunningService::wait`].
+#[derive(Debug)]
+pub struct RunningService {
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    health: HealthRegistry,
+    begin: CancellationToken,
+    supervisor: JoinHandle<Stopped>,
+}
+
+impl RunningService {
+    /// The address the main listener is bound to (the real port when `http.port = 0`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The address serving `/health/*` and `/metrics` (the main one when `admin.shared`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The service's health registry.
+    pub fn health(&self) -> &HealthRegistry {
+        &self.health
+    }
+
+    /// A handle that begins the shutdown, for signal handlers and tests.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.begin.clone())
+    }
+
+    /// Begins the graceful shutdown.
+    pub fn shutdown(&self) {
+        self.begin.cancel();
+    }
+
+    /// Waits until the service has shut down.
+    pub async fn wait(self) -> Stopped {
+        self.supervisor.await.unwrap_or(Stopped::GracePeriodExceeded)
+    }
+
+    /// Begins the graceful shutdown and waits for it to end.
+    pub async fn stop(self) -> Stopped {
+        self.shutdown();
+        self.wait().await
+    }
+}
+
+/// The admin endpoints: `/health/live`, `/health/ready`, `/health/startup` and, with metrics
+/// enabled, `/metrics`.
+pub fn admin_router(health: HealthRegistry, metrics: Option<MetricsHandle>) -> Router {
+    let router = crate::health::router(health);
+    match metrics {
+        Some(handle) => router.route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT))],
+                        handle.render(),
+                    )
+                }
+            }),
+        ),
+        None => router,
+    }
+}
+
+async fn bind(addr: SocketAddr, listener: &'static str, key: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+        listener,
+        addr,
+        key,
+        source,
+    })
+}
+
+/// Hands every connection its own [`InboundService`] carrying the peer address.
+#[derive(Clone)]
+struct MakeInbound(InboundService);
+
+impl<L> tower::Service<IncomingStream<'_, L>> for MakeInbound
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    type Response = InboundService;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<InboundService, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, stream: IncomingStream<'_, L>) -> Self::Future {
+        std::future::ready(Ok(self.0.clone().with_remote_addr(*stream.remote_addr())))
+    }
+}
+
+/// Starts a service on the current tokio runtime and returns once it serves.
+///
+/// `init` gets the [`Context`] and returns the service's routes; it runs after the admin
+/// endpoints are up and before the main listener accepts.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), chassis::runtime::StartError> {
+/// use axum::{Router, routing::get};
+///
+/// let service = chassis::start(chassis::Options::new(), |_ctx: chassis::Context<()>| async {
+///     Ok(Router::new().route("/", get(|| async { "hi" })))
+/// })
+/// .await?;
+/// println!("serving on {}", service.http_addr());
+/// service.stop().await;
+/// # Ok(()) }
+/// ```
+pub async fn start<T, F, Fut>(options: Options, init: F) -> Result<RunningService, StartError>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    F: FnOnce(Context<T>) -> Fut,
+    Fut: Future<Output = crate::Result<Router>>,
+{
+    let config = options.loader.load::<T>()?;
+    let chassis = config.chassis.clone();
+    let telemetry = crate::telemetry::init(&chassis.service, &chassis.telemetry)?;
+    let metrics = match chassis.metrics.enabled {
+        true => Some(crate::metrics::install(&chassis.metrics, &chassis.service)?),
+        false => None,
+    };
+    let health = HealthRegistry::for_service(chassis.health.clone(), &chassis.service.name, &chassis.service.version);
+
+    let main_listener = bind(chassis.http.addr(), "http", "http.port").await?;
+    let http_addr = main_listener.local_addr().map_err(|source| StartError::Bind {
+        listener: "http",
+        addr: chassis.http.addr(),
+        key: "http.port",
+        source,
+    })?;
+    let admin = admin_router(health.clone(), metrics.clone());
+    let admin_stop = CancellationToken::new();
+    let (admin_addr, admin_server) = if chassis.admin.shared {
+        (http_addr, None)
+    } else {
+        let listener = bind(chassis.admin.addr(), "admin", "admin.port").await?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            listener: "admin",
+            addr: chassis.admin.addr(),
+            key: "admin.port",
+            source,
+        })?;
+        let serve = axum::serve(listener, admin.clone()).with_graceful_shutdown(admin_stop.clone().cancelled_owned());
+        (addr, Some(tokio::spawn(serve.into_future())))
+    };
+
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let ctx = Context::new(config, health.clone(), metrics, stop.clone(), tasks.clone());
+    let routes = match init(ctx).await {
+        Ok(routes) => routes,
+        Err(error) => {
+            stop.cancel();
+            admin_stop.cancel();
+            return Err(StartError::Init(error));
+        }
+    };
+
+    let mut inbound = InboundService::new(routes, &chassis);
+    if chassis.admin.shared {
+        inbound = inbound.with_admin(admin);
+    }
+    let listener = main_listener.tap_io(|tcp| {
+        // Responses are written whole; waiting for Nagle only adds latency.
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, MakeInbound(inbound)).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let server = tokio::spawn(server.into_future());
+    health.mark_ready();
+    tracing::info!(
+        service = %chassis.service.name,
+        version = %chassis.service.version,
+        environment = %chassis.service.environment,
+        http = %http_addr,
+        admin = %admin_addr,
+        "service started"
+    );
+
+    let begin = CancellationToken::new();
+    let supervisor = tokio::spawn(supervise(Supervised {
+        begin: begin.clone(),
+        stop,
+        admin_stop,
+        server,
+        admin_server,
+        tasks,
+        health: health.clone(),
+        config: chassis.shutdown.clone(),
+        telemetry,
+    }));
+    Ok(RunningService {
+        http_addr,
+        admin_addr,
+        health,
+        begin,
+        supervisor,
+    })
+}
+
+struct Supervised {
+    begin: CancellationToken,
+    stop: CancellationToken,
+    admin_stop: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    admin_server: Option<JoinHandle<std::io::Result<()>>>,
+    tasks: TaskTracker,
+    health: HealthRegistry,
+    config: ShutdownConfig,
+    telemetry: TelemetryGuard,
+}
+
+async fn supervise(mut s: Supervised) -> Stopped {
+    s.begin.cancelled().await;
+    s.health.mark_draining();
+    tracing::info!(
+        readiness_delay = %crate::config::duration::format(&s.config.readiness_delay),
+        "shutdown started: readiness now fails; the listener closes after the readiness delay"
+    );
+    tokio::time::sleep(s.config.readiness_delay).await;
+    s.stop.cancel();
+    s.tasks.close();
+    let drain = async {
+        let _ = (&mut s.server).await;
+        s.tasks.wait().await;
+    };
+    let outcome = match tokio::time::timeout(s.config.grace_period, drain).await {
+        Ok(()) => {
+            tracing::info!("in-flight work drained");
+            Stopped::Drained
+        }
+        Err(_) => {
+            s.server.abort();
+            tracing::error!(
+                grace_period = %crate::config::duration::format(&s.config.grace_period),
+                background_tasks = s.tasks.len(),
+                "shutdown.grace_period ran out; abandoning the requests and tasks still running"
+            );
+            Stopped::GracePeriodExceeded
+        }
+    };
+    s.admin_stop.cancel();
+    if let Some(admin) = s.admin_server {
+        // Scrapers and probes hold no long requests; a second is plenty.
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+    }
+    s.telemetry.shutdown().await;
+    outcome
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// Runs a service to completion: builds the tokio runtime, [`start`]s the service, shuts it down
+/// gracefully on SIGTERM or Ctrl-C (a second signal exits at once), and returns the exit code.
+/// A start-up failure is printed as one clear message on stderr.
+///
+/// This is what `#[chassis::main]` expands to.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+///
+/// fn main() -> std::process::ExitCode {
+///     chassis::run(chassis::Options::new(), |_ctx: chassis::Context<()>| async {
+///         Ok(Router::new().route("/", get(|| async { "hi" })))
+///     })
+/// }
+/// ```
+pub fn run<T, F, Fut>(options: Options, init: F) -> ExitCode
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    F: FnOnce(Context<T>) -> Fut,
+    Fut: Future<Output = crate::Result<Router>>,
+{
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = options.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot build the tokio runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
+        let service = match start(options, init).await {
+            Ok(service) => service,
+            Err(error) => {
+                eprintln!("error: the service could not start: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let handle = service.shutdown_handle();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("signal received; shutting down gracefully (send it again to exit at once)");
+            handle.shutdown();
+            shutdown_signal().await;
+            eprintln!("second signal: exiting without waiting for in-flight work");
+            std::process::exit(130);
+        });
+        service.wait().await.exit_code()
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}

@@ -1,0 +1,143 @@
+//! The runtime's own config sections: `[http]`, `[admin]` and `[shutdown]`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{ByteSize, Problems};
+
+/// `[http]`: the main listener and the limits every request gets.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HttpConfig {
+    /// `http.host`: the address to bind. Default `"0.0.0.0"`.
+    pub host: IpAddr,
+    /// `http.port`: default `8080`; `0` picks a free port (tests).
+    pub port: u16,
+    /// `http.request_timeout`: a request still running after this is answered with 503
+    /// `timeout`. Default `"30s"`.
+    #[serde(with = "crate::config::duration")]
+    pub request_timeout: Duration,
+    /// `http.body_limit`: the largest request body accepted; larger ones get 413. Default
+    /// `"2MiB"` (axum's own default).
+    pub body_limit: ByteSize,
+    /// `http.max_concurrent_requests`: requests handled at once; beyond it requests are shed
+    /// at once with 503 `overloaded` and `Retry-After: 1`. Default `1024`; `0` disables the
+    /// limit.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 8080,
+            request_timeout: Duration::from_secs(30),
+            body_limit: ByteSize::mib(2),
+            max_concurrent_requests: 1024,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The socket address to bind.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    pub(crate) fn validate(&self, problems: &mut Problems) {
+        problems.check(
+            !self.request_timeout.is_zero(),
+            "http.request_timeout",
+            "must be greater than zero",
+        );
+        problems.check(
+            self.body_limit.bytes() > 0,
+            "http.body_limit",
+            "must be greater than zero",
+        );
+    }
+}
+
+/// `[admin]`: the listener for `/health/*` and `/metrics`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdminConfig {
+    /// `admin.host`: default `"0.0.0.0"`.
+    pub host: IpAddr,
+    /// `admin.port`: default `9090`; `0` picks a free port.
+    pub port: u16,
+    /// `admin.shared`: serve the admin endpoints on the main listener instead of their own.
+    /// Default `false`. Shared or not, admin requests are kept out of request traces and
+    /// metrics.
+    pub shared: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 9090,
+            shared: false,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The socket address to bind (unused when `shared`).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    pub(crate) fn validate(&self, http: &HttpConfig, problems: &mut Problems) {
+        problems.check(
+            self.shared || self.port == 0 || self.port != http.port,
+            "admin.port",
+            format!(
+                "must differ from http.port ({}); set admin.shared = true to serve the admin endpoints on the main port",
+                http.port
+            ),
+        );
+    }
+}
+
+/// `[shutdown]`: graceful shutdown timing.
+///
+/// On SIGTERM or Ctrl-C readiness turns to `fail` at once; after `readiness_delay` (time for the
+/// load balancer to notice) the listener closes, in-flight requests and background tasks get
+/// `grace_period` to finish, then telemetry is flushed. A second signal exits at once.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ShutdownConfig {
+    /// `shutdown.readiness_delay`: how long to keep serving while readiness fails. Default
+    /// `"5s"`; `"0s"` in tests.
+    #[serde(with = "crate::config::duration")]
+    pub readiness_delay: Duration,
+    /// `shutdown.grace_period`: how long in-flight work may take once the listener is closed.
+    /// Default `"20s"`, which with the delay fits Kubernetes' 30 s termination grace period.
+    #[serde(with = "crate::config::duration")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            readiness_delay: Duration::from_secs(5),
+            grace_period: Duration::from_secs(20),
+        }
+    }
+}
+
+impl ShutdownConfig {
+    pub(crate) fn validate(&self, problems: &mut Problems) {
+        problems.check(
+            !self.grace_period.is_zero(),
+            "shutdown.grace_period",
+            "must be greater than zero",
+        );
+    }
+}

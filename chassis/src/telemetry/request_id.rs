@@ -1,0 +1,200 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+/// The request id header, `x-request-id`.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest incoming id accepted; longer ones are replaced so logs stay sane.
+const MAX_LEN: usize = 128;
+
+/// The id of the current request, from the `x-request-id` header or generated (UUID v4).
+/// Handlers can extract it from the request's extensions.
+///
+/// ```
+/// use axum::Extension;
+/// use chassis::telemetry::RequestId;
+///
+/// async fn handler(Extension(id): Extension<RequestId>) -> String {
+///     format!("your request is {}", id.as_str())
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only visible ASCII is ever accepted or generated.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+fn acceptable(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= MAX_LEN && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+fn generate() -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
+}
+
+/// Sets `x-request-id` on the request when missing (or unusable: empty, longer than 128
+/// characters, or not visible ASCII), exposes it as a [`RequestId`] extension, and echoes it
+/// on the response.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use chassis::telemetry::RequestIdLayer;
+/// use tower::ServiceBuilder;
+///
+/// let app = ServiceBuilder::new()
+///     .layer(RequestIdLayer::new())
+///     .service(Router::new().route("/", get(|| async { "hi" })));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestIdLayer {
+    _private: (),
+}
+
+impl RequestIdLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self { _private: () }
+    }
+}
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = SetRequestId<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SetRequestId { inner }
+    }
+}
+
+/// The service of [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub struct SetRequestId<S> {
+    inner: S,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for SetRequestId<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RequestIdFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let id = match request.headers().get(&REQUEST_ID_HEADER) {
+            Some(value) if acceptable(value) => value.clone(),
+            _ => {
+                let id = generate();
+                request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+                id
+            }
+        };
+        request.extensions_mut().insert(RequestId(id.clone()));
+        RequestIdFuture {
+            inner: self.inner.call(request),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`SetRequestId`].
+    pub struct RequestIdFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, B, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
+            response.headers_mut().entry(REQUEST_ID_HEADER).or_insert(id);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::{Extension, Router, body::Body, routing::get};
+    use tower::ServiceExt;
+
+    fn app() -> SetRequestId<Router> {
+        RequestIdLayer::new().layer(Router::new().route(
+            "/",
+            get(|Extension(id): Extension<RequestId>| async move { id.as_str().to_owned() }),
+        ))
+    }
+
+    #[tokio::test]
+    async fn generates_an_id_and_echoes_it() {
+        let response = app()
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let id = response.headers()[REQUEST_ID_HEADER].to_str().unwrap().to_owned();
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        assert_eq!(body, id.as_bytes(), "the handler sees the same id");
+    }
+
+    #[tokio::test]
+    async fn keeps_a_sane_incoming_id_and_replaces_a_bad_one() {
+        let response = app()
+            .oneshot(
+                Request::get("/")
+                    .header("x-request-id", "abc-123")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.headers()[REQUEST_ID_HEADER], "abc-123");
+
+        let long = "x".repeat(500);
+        let response = app()
+            .oneshot(
+                Request::get("/")
+                    .header("x-request-id", long.as_str())
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let id = response.headers()[REQUEST_ID_HEADER].to_str().unwrap();
+        assert_ne!(id, long);
+        assert!(uuid::Uuid::parse_str(id).is_ok());
+    }
+}

@@ -1,0 +1,171 @@
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use http::{StatusCode, header};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use prost::Message as _;
+use tokio::sync::Notify;
+
+/// A span as an OTLP receiver got it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ReceivedSpan {
+    /// The span name, e.g. `GET /users/{id}`.
+    pub name: String,
+    /// The trace id, 32 lowercase hex digits.
+    pub trace_id: String,
+    /// The span id, 16 lowercase hex digits.
+    pub span_id: String,
+    /// The parent span id, empty for a root span.
+    pub parent_span_id: String,
+    /// The span kind as OTLP numbers it (2 = server, 3 = client, 4 = producer, 5 = consumer).
+    pub kind: i32,
+    /// String, integer, float and boolean attributes, rendered as strings.
+    pub attributes: BTreeMap<String, String>,
+    /// The status code as OTLP numbers it (0 = unset, 1 = ok, 2 = error).
+    pub status_code: i32,
+    /// `service.name` of the resource that sent the span.
+    pub service_name: String,
+}
+
+#[derive(Default)]
+struct Received {
+    spans: Mutex<Vec<ReceivedSpan>>,
+    arrived: Notify,
+}
+
+/// An OTLP/HTTP trace receiver on a free loopback port: point `telemetry.otlp.endpoint` at
+/// [`OtlpReceiver::endpoint`] and assert on what arrives.
+///
+/// ```no_run
+/// # async fn demo() {
+/// let receiver = chassis::testing::OtlpReceiver::start().await;
+/// let options = chassis::testing::options()
+///     .configure(|loader| loader.set("telemetry.otlp.endpoint", receiver.endpoint()));
+/// // ... start a service with `options`, send it a request ...
+/// let span = receiver.wait_for(|span| span.kind == 2).await;
+/// # let _ = span;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct OtlpReceiver {
+    addr: SocketAddr,
+    received: Arc<Received>,
+}
+
+impl std::fmt::Debug for OtlpReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpReceiver")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OtlpReceiver {
+    /// Binds `127.0.0.1:0` and serves `POST /v1/traces` (protobuf) in the background.
+    pub async fn start() -> Self {
+        let received = Arc::new(Received::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding a loopback port for the OTLP receiver");
+        let addr = listener.local_addr().expect("the OTLP receiver's address");
+        let app = Router::new()
+            .route("/v1/traces", post(export))
+            .with_state(received.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, received }
+    }
+
+    /// The base URL to configure as `telemetry.otlp.endpoint`, e.g. `http://127.0.0.1:43111`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.received.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits (up to 10 s of real time: the exporter batches) for a span matching `predicate`.
+    ///
+    /// # Panics
+    ///
+    /// When no such span arrives in time, listing the spans that did.
+    pub async fn wait_for(&self, predicate: impl Fn(&ReceivedSpan) -> bool) -> ReceivedSpan {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let arrived = self.received.arrived.notified();
+            if let Some(span) = self.spans().into_iter().find(|s| predicate(s)) {
+                return span;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!("no matching span arrived within 10s; received: {:#?}", self.spans());
+            }
+        }
+    }
+}
+
+async fn export(State(received): State<Arc<Received>>, body: Bytes) -> axum::response::Response {
+    let request = match ExportTraceServiceRequest::decode(body) {
+        Ok(request) => request,
+        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+    };
+    let mut spans = Vec::new();
+    for resource_spans in request.resource_spans {
+        let service_name = resource_spans
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+            .map(render)
+            .unwrap_or_default();
+        for scope_spans in resource_spans.scope_spans {
+            for span in scope_spans.spans {
+                spans.push(ReceivedSpan {
+                    name: span.name,
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    kind: span.kind,
+                    attributes: span
+                        .attributes
+                        .iter()
+                        .filter_map(|kv| Some((kv.key.clone(), render(kv.value.as_ref()?.value.as_ref()?))))
+                        .collect(),
+                    status_code: span.status.map(|s| s.code).unwrap_or(0),
+                    service_name: service_name.clone(),
+                });
+            }
+        }
+    }
+    received.spans.lock().unwrap_or_else(|e| e.into_inner()).extend(spans);
+    received.arrived.notify_waiters();
+    (
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        ExportTraceServiceResponse { partial_success: None }.encode_to_vec(),
+    )
+        .into_response()
+}
+
+fn render(value: &Value) -> String {
+    match value {
+        Value::StringValue(s) => s.clone(),
+        Value::IntValue(i) => i.to_string(),
+        Value::DoubleValue(d) => d.to_string(),
+        Value::BoolValue(b) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
