@@ -34,11 +34,28 @@ pub fn main(args: TokenStream, item: TokenStream) -> TokenStream {
     match expand(args.into(), original.clone()) {
         Ok(tokens) => tokens.into(),
         Err(error) => {
-            // Keeping the item lets IDEs and later diagnostics still see the function.
             let mut tokens = error.to_compile_error();
-            tokens.extend(original);
+            tokens.extend(keep_item(original));
             tokens.into()
         }
+    }
+}
+
+/// The item to emit beside a `compile_error!`, so IDEs and later diagnostics still see the
+/// function. Renamed out of the way, with an empty `main` in its place: an `async fn main`
+/// would only add a second, misleading error.
+fn keep_item(original: TokenStream2) -> TokenStream2 {
+    match syn::parse2::<ItemFn>(original.clone()) {
+        Ok(mut function) => {
+            let name = function.sig.ident.clone();
+            function.sig.ident = syn::Ident::new("__chassis_main_with_errors", name.span());
+            quote! {
+                #[allow(dead_code)]
+                #function
+                fn #name() {}
+            }
+        }
+        Err(_) => original,
     }
 }
 
@@ -159,7 +176,7 @@ fn expand(args: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
     let prefix = args.prefix.map(|prefix| quote!(.prefix(#prefix)));
     let threads = args.worker_threads.map(|n| quote!(.worker_threads(#n)));
     // Spanned at the return type, so a wrong one is reported there.
-    let init = quote_spanned!(output.span()=> __chassis_service_init);
+    let run = quote_spanned!(output.span()=> #krate::run(options, __chassis_service_init));
     Ok(quote! {
         #(#attrs)*
         #vis fn #name() -> ::std::process::ExitCode {
@@ -168,7 +185,7 @@ fn expand(args: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
                 .service_defaults(::std::env!("CARGO_PKG_NAME"), ::std::env!("CARGO_PKG_VERSION"))
                 #prefix
                 #threads;
-            #krate::run(options, #init)
+            #run
         }
     })
 }

@@ -36,8 +36,3 @@ pub use runtime::{Context, Options, RunningService, run, start};
 
 #[cfg(feature = "macros")]
 pub use chassis_macros::main;
-
-#[doc(hidden)]
-pub mod __private {
-    pub use axum::Router;
-}

@@ -633,9 +633,8 @@ mod tests {
     async fn a_hung_check_fails_at_its_timeout() {
         let registry = registry();
         registry.mark_ready();
-        registry.register(
-            Check::new("slow:ping", || std::future::pending::<CheckResult>()).timeout(Duration::from_millis(300)),
-        );
+        registry
+            .register(Check::new("slow:ping", std::future::pending::<CheckResult>).timeout(Duration::from_millis(300)));
         let started = tokio::time::Instant::now();
         let report = registry.report(Probe::Readiness).await;
         assert_eq!(report.status, Status::Fail);

@@ -131,6 +131,9 @@ static INSTALLED: OnceLock<MetricsHandle> = OnceLock::new();
 /// assert!(handle.render().contains("orders_placed_total 1"));
 /// ```
 pub fn install(config: &MetricsConfig, service: &ServiceConfig) -> Result<MetricsHandle, MetricsError> {
+    // Two services starting at once (tests) must not both try to install.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let handle = match INSTALLED.get() {
         Some(handle) => handle.clone(),
         None => {

@@ -80,8 +80,10 @@ impl InboundService {
         let guarded: Guarded =
             TimeoutLayer::new(http.request_timeout).layer(BodyLimitLayer::new(http.body_limit.bytes()).layer(caught));
         let shed: Shed = if http.max_concurrent_requests > 0 {
-            let mut bulkhead = BulkheadConfig::default();
-            bulkhead.max_concurrent = http.max_concurrent_requests;
+            let bulkhead = BulkheadConfig {
+                max_concurrent: http.max_concurrent_requests,
+                ..BulkheadConfig::default()
+            };
             Either::Left(BulkheadLayer::new("http_server", bulkhead).layer(guarded))
         } else {
             Either::Right(guarded)

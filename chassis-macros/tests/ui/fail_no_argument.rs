@@ -1,0 +1,4 @@
+#[chassis::main]
+async fn main() -> chassis::Result<axum::Router> {
+    Ok(axum::Router::new())
+}

@@ -1,0 +1,2 @@
+#[chassis::main]
+async fn main(_ctx: chassis::Context<()>) {}

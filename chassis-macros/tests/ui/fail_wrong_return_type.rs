@@ -1,0 +1,4 @@
+#[chassis::main]
+async fn main(_ctx: chassis::Context<()>) -> chassis::Result<()> {
+    Ok(())
+}

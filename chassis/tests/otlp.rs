@@ -1,0 +1,62 @@
+//! Spans reach a real OTLP/HTTP receiver with the parent from the incoming `traceparent`.
+//! (Its own test binary: telemetry is installed once per process.)
+
+use axum::Router;
+use axum::routing::get;
+use chassis::Context;
+use chassis::testing::{OtlpReceiver, options, spawn_with};
+use http::StatusCode;
+
+const SERVER: i32 = 2;
+const ERROR: i32 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_name() {
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    let options = options().configure(move |l| {
+        l.set("telemetry.otlp.endpoint", endpoint)
+            .set("service.name", "otlp-test")
+            .set("telemetry.sampling_ratio", 1.0)
+    });
+    let service = spawn_with(options, |_: Context<()>| async {
+        Ok(Router::new()
+            .route("/users/{id}", get(|| async { "user" }))
+            .route("/fail", get(|| async { StatusCode::BAD_GATEWAY })))
+    })
+    .await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("http://{}/users/42", service.http_addr()))
+        .header("traceparent", format!("00-{trace_id}-{parent_id}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    client
+        .get(format!("http://{}/fail", service.http_addr()))
+        .send()
+        .await
+        .unwrap();
+    // Stopping flushes the batch.
+    service.stop().await;
+
+    let span = receiver.wait_for(|s| s.name == "GET /users/{id}").await;
+    assert_eq!(span.trace_id, trace_id, "the span continues the caller's trace");
+    assert_eq!(span.parent_span_id, parent_id, "the caller's span is the parent");
+    assert_eq!(span.kind, SERVER);
+    assert_eq!(span.service_name, "otlp-test");
+    assert_eq!(span.attributes["http.route"], "/users/{id}");
+    assert_eq!(span.attributes["http.request.method"], "GET");
+    assert_eq!(span.attributes["http.response.status_code"], "200");
+    assert_eq!(span.attributes["url.path"], "/users/42");
+    assert!(span.attributes.contains_key("request_id"));
+
+    let failed = receiver.wait_for(|s| s.name == "GET /fail").await;
+    assert_eq!(failed.parent_span_id, "", "no traceparent: a new root");
+    assert_ne!(failed.trace_id, trace_id);
+    assert_eq!(failed.status_code, ERROR, "5xx marks the server span as an error");
+}

@@ -1,0 +1,370 @@
+//! The runtime over real sockets: routes, admin endpoints, the inbound stack's answers and
+//! graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use chassis::runtime::{StartError, Stopped};
+use chassis::testing::{options, spawn, spawn_with};
+use chassis::{Context, RunningService};
+use tokio::sync::{Notify, oneshot};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap()
+}
+
+fn url(service: &RunningService, path: &str) -> String {
+    format!("http://{}{path}", service.http_addr())
+}
+
+fn admin_url(service: &RunningService, path: &str) -> String {
+    format!("http://{}{path}", service.admin_addr())
+}
+
+async fn json(response: reqwest::Response) -> serde_json::Value {
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
+async fn panics() -> &'static str {
+    panic!("boom")
+}
+
+fn routes() -> Router {
+    Router::new()
+        .route("/users/{id}", get(|| async { "user" }))
+        .route("/panic", get(panics))
+        .route(
+            "/slow",
+            get(|| async { tokio::time::sleep(Duration::from_secs(30)).await }),
+        )
+        .route("/echo", post(|body: String| async move { body }))
+}
+
+#[tokio::test]
+async fn serves_routes_with_a_request_id_and_answers_unmatched_paths() {
+    let service = spawn(|_: Context<()>| async { Ok(routes()) }).await;
+    let response = client().get(url(&service, "/users/7")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a generated UUID: {id}");
+
+    let response = client()
+        .get(url(&service, "/users/7"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["x-request-id"],
+        "abc-123",
+        "a valid incoming id is kept"
+    );
+
+    let response = client().get(url(&service, "/nope")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_gets_a_500_problem_and_the_service_keeps_serving() {
+    let service = spawn(|_: Context<()>| async { Ok(routes()) }).await;
+    let response = client().get(url(&service, "/panic")).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let body = json(response).await;
+    assert_eq!(body["status"], 500);
+    assert_eq!(body["type"], "urn:chassis:problem:internal");
+    assert!(
+        !body.to_string().contains("boom"),
+        "panic messages are not leaked: {body}"
+    );
+
+    let response = client().get(url(&service, "/users/1")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_over_the_timeout_gets_a_503_timeout_problem() {
+    let options = options().configure(|l| l.set("http.request_timeout", "50ms"));
+    let service = spawn_with(options, |_: Context<()>| async { Ok(routes()) }).await;
+    let response = client().get(url(&service, "/slow")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body = json(response).await;
+    assert_eq!(body["type"], "urn:chassis:problem:timeout");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_a_413_problem_without_reaching_the_handler() {
+    let options = options().configure(|l| l.set("http.body_limit", "1KiB"));
+    let service = spawn_with(options, |_: Context<()>| async { Ok(routes()) }).await;
+    let response = client()
+        .post(url(&service, "/echo"))
+        .body("x".repeat(2048))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let response = client()
+        .post(url(&service, "/echo"))
+        .body("small")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "small");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn requests_beyond_max_concurrent_requests_are_shed_with_retry_after() {
+    let entered = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let (e, r) = (entered.clone(), release.clone());
+    let options = options().configure(|l| l.set("http.max_concurrent_requests", 1));
+    let service = spawn_with(options, move |_: Context<()>| async move {
+        Ok(Router::new().route(
+            "/hold",
+            get(move || async move {
+                e.notify_one();
+                r.notified().await;
+                "released"
+            }),
+        ))
+    })
+    .await;
+    let held = tokio::spawn(client().get(url(&service, "/hold")).send());
+    entered.notified().await;
+
+    let shed = client().get(url(&service, "/hold")).send().await.unwrap();
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    assert_eq!(json(shed).await["type"], "urn:chassis:problem:overloaded");
+
+    release.notify_one();
+    assert_eq!(held.await.unwrap().unwrap().text().await.unwrap(), "released");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn health_probes_live_on_the_admin_listener() {
+    let service = spawn(|_: Context<()>| async { Ok(routes()) }).await;
+    assert_ne!(service.http_addr(), service.admin_addr());
+    for probe in ["live", "ready", "startup"] {
+        let response = client()
+            .get(admin_url(&service, &format!("/health/{probe}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{probe}");
+        assert_eq!(response.headers()["content-type"], "application/health+json");
+        assert_eq!(json(response).await["status"], "pass");
+    }
+    let on_main = client().get(url(&service, "/health/ready")).send().await.unwrap();
+    assert_eq!(on_main.status(), 404, "not exposed on the public port");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_use_route_templates_and_leave_admin_requests_out() {
+    let options = options().configure(|l| l.set("admin.shared", true).set("service.name", "metrics-test"));
+    // Metrics are process-wide: this test's routes are its own.
+    let service = spawn_with(options, |_: Context<()>| async {
+        Ok(Router::new().route("/orders/{id}", get(|| async { "order" })))
+    })
+    .await;
+    assert_eq!(service.http_addr(), service.admin_addr());
+    for id in 0..3 {
+        client()
+            .get(url(&service, &format!("/orders/{id}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    client().get(url(&service, "/scanner/probe.php")).send().await.unwrap();
+    client().get(url(&service, "/health/ready")).send().await.unwrap();
+
+    let response = client().get(url(&service, "/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    let count = |route: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("http_server_request_duration_seconds_count")
+                    && l.contains(&format!("http_route=\"{route}\""))
+                    && l.contains("http_request_method=\"GET\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    assert_eq!(count("/orders/{id}"), Some(3), "{text}");
+    assert!(count("unmatched").is_some_and(|n| n >= 1), "{text}");
+    assert!(!text.contains("/orders/0"), "raw paths never become labels");
+    assert!(!text.contains("probe.php"));
+    assert!(!text.contains("/health/"), "admin requests are not counted");
+    assert!(
+        text.contains("http_server_request_duration_seconds_bucket{"),
+        "a histogram, not a summary"
+    );
+    assert!(text.contains("chassis_build_info{"), "{text}");
+    assert!(text.contains("service=\"metrics-test\""));
+
+    // The exposition is valid for Prometheus itself.
+    let mut promtool = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package prometheus; .ci/run installs it)");
+    use tokio::io::AsyncWriteExt as _;
+    let mut stdin = promtool.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = promtool.wait_with_output().await.unwrap();
+    let report = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    // promtool exits 3 for lint warnings only (e.g. counter naming of process metrics); errors are 1.
+    assert_ne!(
+        output.status.code(),
+        Some(1),
+        "promtool rejected the exposition:\n{report}"
+    );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_fails_readiness_and_refuses_new_connections() {
+    let entered = Arc::new(Notify::new());
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let release_rx = Arc::new(tokio::sync::Mutex::new(Some(release_rx)));
+    let e = entered.clone();
+    let service = spawn(move |_: Context<()>| async move {
+        Ok(Router::new().route(
+            "/work",
+            get(move || async move {
+                e.notify_one();
+                let rx = release_rx.lock().await.take().unwrap();
+                let _ = rx.await;
+                "finished"
+            }),
+        ))
+    })
+    .await;
+    let http_addr = service.http_addr();
+    let admin = admin_url(&service, "/health/ready");
+    let in_flight = tokio::spawn(client().get(url(&service, "/work")).send());
+    entered.notified().await;
+
+    let health = service.health().clone();
+    let stopping = tokio::spawn(service.stop());
+    // Readiness fails as soon as shutdown begins, while the request is still running.
+    let mut readiness = 0;
+    for _ in 0..100 {
+        readiness = client().get(&admin).send().await.unwrap().status().as_u16();
+        if readiness == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(readiness, 503);
+    assert_eq!(health.lifecycle(), chassis::health::Lifecycle::Draining);
+    // The listener is closed: new connections are refused.
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(http_addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "the main listener still accepts during shutdown");
+    assert!(!stopping.is_finished(), "shutdown waits for the in-flight request");
+
+    release_tx.send(()).unwrap();
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "finished");
+    assert_eq!(stopping.await.unwrap(), Stopped::Drained);
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_after_the_grace_period() {
+    let entered = Arc::new(Notify::new());
+    let e = entered.clone();
+    let options = options().configure(|l| l.set("shutdown.grace_period", "100ms"));
+    let service = spawn_with(options, move |ctx: Context<()>| async move {
+        // A background task that ignores the shutdown token.
+        ctx.spawn(std::future::pending::<()>());
+        Ok(Router::new().route(
+            "/",
+            get(move || async move {
+                e.notify_one();
+                std::future::pending::<()>().await
+            }),
+        ))
+    })
+    .await;
+    let _stuck = tokio::spawn(client().get(url(&service, "/")).send());
+    entered.notified().await;
+    assert_eq!(service.stop().await, Stopped::GracePeriodExceeded);
+}
+
+#[tokio::test]
+async fn background_tasks_see_the_shutdown_token_and_are_awaited() {
+    let (done_tx, done_rx) = oneshot::channel();
+    let service = spawn(move |ctx: Context<()>| async move {
+        let token = ctx.shutdown_token();
+        ctx.spawn(async move {
+            token.cancelled().await;
+            // Finishing work after the signal is what the grace period is for.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            done_tx.send(()).unwrap();
+        });
+        Ok(Router::new())
+    })
+    .await;
+    assert_eq!(service.stop().await, Stopped::Drained);
+    done_rx
+        .await
+        .expect("the task ran to completion before stop() returned");
+}
+
+#[tokio::test]
+async fn start_up_failures_are_typed_and_say_what_to_fix() {
+    let error = chassis::start(options(), |_: Context<()>| async {
+        Err(chassis::Error::msg("no database"))
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(error, StartError::Init(_)));
+    assert!(error.to_string().contains("no database"), "{error}");
+
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let error = chassis::start(
+        options().configure(|l| l.set("http.port", port)),
+        |_: Context<()>| async { Ok(Router::new()) },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, StartError::Bind { .. }), "{error}");
+    assert!(error.to_string().contains("http.port"), "{error}");
+
+    let error = chassis::start(
+        options().configure(|l| l.set("http.request_timeout", "soon")),
+        |_: Context<()>| async { Ok(Router::new()) },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, StartError::Config(_)), "{error}");
+    assert!(error.to_string().contains("http.request_timeout"), "{error}");
+}
