@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod client;
 pub mod config;
 mod error;
 pub mod health;
@@ -36,3 +37,20 @@ pub use runtime::{Context, Options, RunningService, run, start};
 
 #[cfg(feature = "macros")]
 pub use chassis_macros::main;
+
+/// The guide's examples compile as doctests, so the guide cannot drift from the API.
+#[cfg(doctest)]
+mod guide {
+    #[doc = include_str!("../../docs/src/config.md")]
+    struct Config;
+    #[doc = include_str!("../../docs/src/telemetry.md")]
+    struct Telemetry;
+    #[doc = include_str!("../../docs/src/metrics.md")]
+    struct Metrics;
+    #[doc = include_str!("../../docs/src/health.md")]
+    struct Health;
+    #[doc = include_str!("../../docs/src/resilience.md")]
+    struct Resilience;
+    #[doc = include_str!("../../docs/src/errors.md")]
+    struct Errors;
+}

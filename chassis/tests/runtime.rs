@@ -368,3 +368,21 @@ async fn start_up_failures_are_typed_and_say_what_to_fix() {
     assert!(matches!(error, StartError::Config(_)), "{error}");
     assert!(error.to_string().contains("http.request_timeout"), "{error}");
 }
+
+#[tokio::test]
+async fn a_configured_rate_limit_answers_429_with_ratelimit_headers() {
+    let options = options().configure(|l| {
+        l.set("http.rate_limit.requests", 1)
+            .set("http.rate_limit.per", "60s")
+            .set("http.rate_limit.key", "client_ip")
+    });
+    let service = spawn_with(options, |_: Context<()>| async { Ok(routes()) }).await;
+    let first = client().get(url(&service, "/users/1")).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["ratelimit-policy"], "\"http_server\";q=1;w=60");
+    let second = client().get(url(&service, "/users/1")).send().await.unwrap();
+    assert_eq!(second.status(), 429);
+    assert!(second.headers().contains_key("retry-after"));
+    assert_eq!(json(second).await["type"], "urn:chassis:problem:rate-limited");
+    service.stop().await;
+}

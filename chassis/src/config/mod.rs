@@ -57,7 +57,16 @@ use crate::runtime::{AdminConfig, HttpConfig, ShutdownConfig};
 use crate::telemetry::TelemetryConfig;
 
 /// The top-level keys that belong to the chassis. Everything else is the service's own.
-pub const RESERVED_SECTIONS: &[&str] = &["service", "http", "admin", "telemetry", "metrics", "health", "shutdown"];
+pub const RESERVED_SECTIONS: &[&str] = &[
+    "service",
+    "http",
+    "admin",
+    "telemetry",
+    "metrics",
+    "health",
+    "shutdown",
+    "clients",
+];
 
 /// The loaded configuration: the chassis' sections and the service's settings.
 #[derive(Debug, Clone)]
@@ -88,6 +97,8 @@ pub struct ChassisConfig {
     pub health: HealthConfig,
     /// `[shutdown]`: graceful shutdown timing.
     pub shutdown: ShutdownConfig,
+    /// `[clients.<name>]`: the downstream services this one calls.
+    pub clients: std::collections::BTreeMap<String, crate::client::ClientConfig>,
 }
 
 impl ChassisConfig {
@@ -99,6 +110,9 @@ impl ChassisConfig {
         self.metrics.validate(problems);
         self.health.validate(problems);
         self.shutdown.validate(problems);
+        for (name, client) in &self.clients {
+            client.validate(&format!("clients.{name}"), problems);
+        }
     }
 }
 
@@ -223,6 +237,23 @@ impl Problems {
 
     pub(crate) fn push(&mut self, key: &str, problem: impl Into<String>) {
         self.0.push((key.to_owned(), problem.into()));
+    }
+
+    /// For settings built in code rather than loaded: the problems, attributed to "the code".
+    pub(crate) fn into_result(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(
+            self.0
+                .into_iter()
+                .map(|(key, problem)| ConfigIssue {
+                    key,
+                    source: "the settings passed in code".into(),
+                    problem,
+                })
+                .collect(),
+        ))
     }
 }
 

@@ -16,6 +16,7 @@ use tower_http::catch_panic::ResponseForPanic;
 use super::Problem;
 use crate::resilience::BoxError;
 use crate::resilience::bulkhead::BulkheadFull;
+use crate::resilience::circuit_breaker::CircuitOpen;
 use crate::resilience::timeout::Elapsed;
 
 /// The problem details answering an error from a chassis layer: `503` for a timeout or a full
@@ -41,6 +42,15 @@ pub fn problem_for(error: &(dyn std::error::Error + 'static)) -> Problem {
         return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded")
             .with_detail(e.to_string())
             .with_retry_after(std::time::Duration::from_secs(1));
+    }
+    if let Some(e) = error.downcast_ref::<CircuitOpen>() {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "circuit-open",
+            "Dependency unavailable",
+        )
+        .with_detail(e.to_string())
+        .with_retry_after(e.retry_after);
     }
     if let Some(e) = error.downcast_ref::<PayloadTooLarge>() {
         return Problem::new(
@@ -68,7 +78,7 @@ pub fn problem_for(error: &(dyn std::error::Error + 'static)) -> Problem {
 /// let app = ServiceBuilder::new()
 ///     .layer(ProblemLayer)
 ///     .layer(TimeoutLayer::new(Duration::from_secs(10)))
-///     .service(Router::new().route("/", get(|| async { "hi" })));
+///     .service(Router::<()>::new().route("/", get(|| async { "hi" })));
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProblemLayer;

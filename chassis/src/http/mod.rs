@@ -23,6 +23,7 @@ pub use edge::{
     BodyLimit, BodyLimitFuture, BodyLimitLayer, PanicResponse, PayloadTooLarge, ProblemFuture, ProblemLayer,
     ProblemService, problem_for,
 };
+pub(crate) use problem::retry_after_secs;
 pub use problem::{PROBLEM_JSON, Problem};
 
 /// The label used for requests that matched no route (404 fallback, scanners).

@@ -24,7 +24,7 @@ use crate::http::{MatchedRoute, method_label};
 /// use chassis::metrics::HttpMetricsLayer;
 /// use tower::ServiceBuilder;
 ///
-/// let router = Router::new().route("/orders/{id}", get(|| async { "order" })).layer(CaptureRouteLayer);
+/// let router: Router = Router::new().route("/orders/{id}", get(|| async { "order" })).layer(CaptureRouteLayer);
 /// let app = ServiceBuilder::new().layer(HttpMetricsLayer::new()).service(router);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]

@@ -23,6 +23,7 @@ use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 
+pub(crate) use layer::status_label;
 pub use layer::{HttpMetrics, HttpMetricsFuture, HttpMetricsLayer};
 
 use crate::config::{Problems, ServiceConfig};

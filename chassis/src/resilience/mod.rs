@@ -6,6 +6,9 @@
 //! responses with the right status and `Retry-After`.
 
 pub mod bulkhead;
+pub mod circuit_breaker;
+pub mod rate_limit;
+pub mod retry;
 pub mod timeout;
 
 /// The error type of the resilience layers: any error, boxed.

@@ -5,9 +5,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client::{Client, ClientError, Clients};
 use crate::config::{ChassisConfig, Config};
 use crate::health::HealthRegistry;
 use crate::metrics::MetricsHandle;
+use crate::resilience::circuit_breaker::CircuitBreakerRegistry;
 
 /// What a service's init function gets: its settings, the chassis config, the health registry
 /// and the hooks into graceful shutdown. Cheap to clone.
@@ -33,6 +35,7 @@ pub struct Context<T> {
 
 struct Inner<T> {
     config: Config<T>,
+    clients: Clients,
     health: HealthRegistry,
     metrics: Option<MetricsHandle>,
     shutdown: CancellationToken,
@@ -60,6 +63,7 @@ impl<T> std::fmt::Debug for Context<T> {
 impl<T> Context<T> {
     pub(crate) fn new(
         config: Config<T>,
+        clients: Clients,
         health: HealthRegistry,
         metrics: Option<MetricsHandle>,
         shutdown: CancellationToken,
@@ -68,6 +72,7 @@ impl<T> Context<T> {
         Self {
             inner: Arc::new(Inner {
                 config,
+                clients,
                 health,
                 metrics,
                 shutdown,
@@ -94,6 +99,19 @@ impl<T> Context<T> {
     /// The Prometheus handle, when metrics are enabled.
     pub fn metrics(&self) -> Option<&MetricsHandle> {
         self.inner.metrics.as_ref()
+    }
+
+    /// The client configured under `[clients.<name>]`, built on first use and shared after.
+    ///
+    /// A name that is not configured is an error listing the names that are.
+    pub fn client(&self, name: &str) -> Result<Client, ClientError> {
+        self.inner.clients.get(name)
+    }
+
+    /// The service's circuit breakers (those of its clients, and any it creates itself). An
+    /// open breaker turns readiness to `warn`.
+    pub fn circuit_breakers(&self) -> &CircuitBreakerRegistry {
+        self.inner.clients.breakers()
     }
 
     /// A token cancelled when the listener closes at shutdown (after the readiness delay).

@@ -20,20 +20,23 @@ use crate::config::ChassisConfig;
 use crate::http::{BodyLimit, BodyLimitLayer, CaptureRouteLayer, PanicResponse, ProblemLayer, ProblemService};
 use crate::metrics::{HttpMetrics, HttpMetricsLayer};
 use crate::resilience::bulkhead::{Bulkhead, BulkheadConfig, BulkheadLayer};
+use crate::resilience::rate_limit::{RateLimit, RateLimitLayer};
 use crate::resilience::timeout::{Timeout, TimeoutLayer};
 use crate::telemetry::{RequestIdLayer, SetRequestId, TraceLayer, TraceService};
 
 type PanicBody = tower_http::body::UnsyncBoxBody<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>;
 type Guarded =
     Timeout<BodyLimit<MapResponse<CatchPanic<Router, PanicResponse>, fn(http::Response<PanicBody>) -> Response>>>;
-type Shed = Either<Bulkhead<Guarded>, Guarded>;
+type Limited = Either<RateLimit<Guarded>, Guarded>;
+type Shed = Either<Bulkhead<Limited>, Limited>;
 type Observed = Either<HttpMetrics<ProblemService<Shed>>, ProblemService<Shed>>;
 type Stack = SetRequestId<TraceService<Observed>>;
 
 /// A service's router wrapped in the chassis' inbound stack, outermost first:
 ///
-/// request id > trace > metrics > problem responses > load shedding > timeout > body limit >
-/// catch panic > router (which records the matched route).
+/// request id > trace > metrics > problem responses > load shedding > rate limit (when
+/// `[http.rate_limit]` is set) > timeout > body limit > catch panic > router (which records the
+/// matched route).
 ///
 /// The runtime builds this for you; build it yourself to serve with your own server, or to
 /// measure it (see `benches/`).
@@ -79,14 +82,22 @@ impl InboundService {
         );
         let guarded: Guarded =
             TimeoutLayer::new(http.request_timeout).layer(BodyLimitLayer::new(http.body_limit.bytes()).layer(caught));
+        let limited: Limited = match &http.rate_limit {
+            Some(rate_limit) => Either::Left(
+                RateLimitLayer::new("http_server", rate_limit.clone())
+                    .expect("validated with the config")
+                    .layer(guarded),
+            ),
+            None => Either::Right(guarded),
+        };
         let shed: Shed = if http.max_concurrent_requests > 0 {
             let bulkhead = BulkheadConfig {
                 max_concurrent: http.max_concurrent_requests,
                 ..BulkheadConfig::default()
             };
-            Either::Left(BulkheadLayer::new("http_server", bulkhead).layer(guarded))
+            Either::Left(BulkheadLayer::new("http_server", bulkhead).layer(limited))
         } else {
-            Either::Right(guarded)
+            Either::Right(limited)
         };
         let problems = ProblemLayer.layer(shed);
         let observed: Observed = if config.metrics.enabled {

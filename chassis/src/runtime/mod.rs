@@ -37,9 +37,11 @@ pub use context::Context;
 pub use inbound::{InboundFuture, InboundService};
 pub use settings::{AdminConfig, HttpConfig, ShutdownConfig};
 
+use crate::client::Clients;
 use crate::config::{ConfigError, ConfigLoader};
 use crate::health::HealthRegistry;
 use crate::metrics::{MetricsError, MetricsHandle};
+use crate::resilience::circuit_breaker::CircuitBreakerRegistry;
 use crate::telemetry::{TelemetryError, TelemetryGuard};
 
 /// The media type of `/metrics`.
@@ -314,7 +316,10 @@ where
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let ctx = Context::new(config, health.clone(), metrics, stop.clone(), tasks.clone());
+    let breakers = CircuitBreakerRegistry::new();
+    health.register(breakers.health_check());
+    let clients = Clients::new(chassis.clients.clone(), breakers);
+    let ctx = Context::new(config, clients, health.clone(), metrics, stop.clone(), tasks.clone());
     let routes = match init(ctx).await {
         Ok(routes) => routes,
         Err(error) => {

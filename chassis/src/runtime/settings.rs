@@ -27,6 +27,10 @@ pub struct HttpConfig {
     /// at once with 503 `overloaded` and `Retry-After: 1`. Default `1024`; `0` disables the
     /// limit.
     pub max_concurrent_requests: usize,
+    /// `[http.rate_limit]`: a rate limit on every request (see
+    /// [`RateLimitConfig`](crate::resilience::rate_limit::RateLimitConfig)). Default: none.
+    /// Per-route limits are added with `RateLimitLayer` on the routes.
+    pub rate_limit: Option<crate::resilience::rate_limit::RateLimitConfig>,
 }
 
 impl Default for HttpConfig {
@@ -37,6 +41,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             body_limit: ByteSize::mib(2),
             max_concurrent_requests: 1024,
+            rate_limit: None,
         }
     }
 }

@@ -62,7 +62,7 @@ fn generate() -> HeaderValue {
 ///
 /// let app = ServiceBuilder::new()
 ///     .layer(RequestIdLayer::new())
-///     .service(Router::new().route("/", get(|| async { "hi" })));
+///     .service(Router::<()>::new().route("/", get(|| async { "hi" })));
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestIdLayer {

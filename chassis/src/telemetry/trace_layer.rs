@@ -35,7 +35,7 @@ use crate::http::{MatchedRoute, method_label};
 /// use chassis::telemetry::TraceLayer;
 /// use tower::ServiceBuilder;
 ///
-/// let router = Router::new().route("/users/{id}", get(|| async { "user" })).layer(CaptureRouteLayer);
+/// let router: Router = Router::new().route("/users/{id}", get(|| async { "user" })).layer(CaptureRouteLayer);
 /// let app = ServiceBuilder::new().layer(TraceLayer::new()).service(router);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,0 +1,180 @@
+//! The client's outermost layer: one client span per request (its context injected as W3C
+//! headers) and the request duration histogram.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::http::method_label;
+use crate::metrics::status_label;
+use crate::resilience::BoxError;
+use crate::resilience::circuit_breaker::CircuitOpen;
+use crate::resilience::timeout::Elapsed;
+
+/// Name of the outbound request histogram.
+pub const HTTP_CLIENT_REQUEST_DURATION: &str = "http_client_request_duration_seconds";
+
+/// Traces and measures outbound requests: a client span named after the method, carrying the
+/// OpenTelemetry HTTP client attributes, whose context goes out in `traceparent` / `tracestate`;
+/// and `http_client_request_duration_seconds{client, http_request_method, server_address,
+/// http_response_status_code, error_type}`.
+///
+/// ```
+/// use chassis::client::ObserveLayer;
+///
+/// let layer = ObserveLayer::new("payments");
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone)]
+pub struct ObserveLayer {
+    client: Arc<str>,
+}
+
+impl ObserveLayer {
+    /// A layer labelling its metrics with `client`.
+    pub fn new(client: impl Into<Arc<str>>) -> Self {
+        Self { client: client.into() }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = ObserveService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ObserveService {
+            inner,
+            client: self.client.clone(),
+        }
+    }
+}
+
+/// The service of [`ObserveLayer`].
+#[derive(Debug, Clone)]
+pub struct ObserveService<S> {
+    inner: S,
+    client: Arc<str>,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ObserveService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ObserveFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let method = method_label(request.method());
+        let host = request.uri().host().unwrap_or("").to_owned();
+        let span = tracing::info_span!(
+            target: "chassis::client",
+            "HTTP client request",
+            otel.kind = "client",
+            otel.name = method,
+            http.request.method = method,
+            server.address = %host,
+            server.port = request.uri().port_u16().unwrap_or(80),
+            url.full = %request.uri(),
+            client = %self.client,
+            http.response.status_code = Empty,
+            otel.status_code = Empty,
+            error.type = Empty,
+        );
+        if !span.is_disabled() {
+            crate::telemetry::inject_context(&span.context(), request.headers_mut());
+        }
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        ObserveFuture {
+            inner,
+            span,
+            method,
+            host,
+            client: self.client.clone(),
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ObserveService`].
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        span: Span,
+        method: &'static str,
+        host: String,
+        client: Arc<str>,
+        started: Instant,
+    }
+}
+
+fn error_type(error: &BoxError) -> &'static str {
+    if error.downcast_ref::<Elapsed>().is_some() {
+        "timeout"
+    } else if error.downcast_ref::<CircuitOpen>().is_some() {
+        "circuit_open"
+    } else {
+        "connection"
+    }
+}
+
+impl<F, B, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = {
+            let _entered = this.span.enter();
+            ready!(this.inner.poll(cx)).map_err(Into::into)
+        };
+        let (status, error) = match &result {
+            Ok(response) => (status_label(response.status().as_u16()), ""),
+            Err(error) => ("", error_type(error)),
+        };
+        if !this.span.is_disabled() {
+            if let Ok(response) = &result {
+                this.span
+                    .record("http.response.status_code", response.status().as_u16());
+                if response.status().is_server_error() {
+                    this.span.record("otel.status_code", "error");
+                    this.span.record("error.type", status);
+                }
+            } else {
+                this.span.record("otel.status_code", "error");
+                this.span.record("error.type", error);
+            }
+        }
+        metrics::histogram!(
+            HTTP_CLIENT_REQUEST_DURATION,
+            "client" => this.client.to_string(),
+            "http_request_method" => *this.method,
+            "server_address" => std::mem::take(this.host),
+            "http_response_status_code" => status,
+            "error_type" => error,
+        )
+        .record(this.started.elapsed().as_secs_f64());
+        Poll::Ready(result)
+    }
+}
