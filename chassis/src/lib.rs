@@ -25,6 +25,7 @@ pub mod config;
 mod error;
 pub mod health;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod resilience;
 pub mod runtime;
@@ -51,6 +52,8 @@ mod guide {
     struct Health;
     #[doc = include_str!("../../docs/src/resilience.md")]
     struct Resilience;
+    #[doc = include_str!("../../docs/src/client.md")]
+    struct Client;
     #[doc = include_str!("../../docs/src/errors.md")]
     struct Errors;
 }

@@ -1,0 +1,507 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::BodyExt as _;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tower::{Layer, Service, ServiceExt as _};
+
+use super::store::{Begin, IdempotencyStore, StoredResponse};
+use crate::config::{ByteSize, ConfigError, Problems};
+use crate::http::{BoxFuture, Problem};
+
+/// Name of the request counter.
+pub const REQUESTS_TOTAL: &str = "chassis_idempotency_requests_total";
+
+/// The header set on replayed responses.
+pub const REPLAYED_HEADER: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// Settings of the idempotency layer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct IdempotencyConfig {
+    /// `methods`: the methods that take part. Default `["POST", "PATCH"]`.
+    pub methods: Vec<String>,
+    /// `required`: a request of those methods without a key is rejected with 400. Default
+    /// `true`; with `false` it passes unguarded.
+    pub required: bool,
+    /// `header`: the key's header. Default `"idempotency-key"`.
+    pub header: String,
+    /// `max_key_length`: longest accepted key. Default `255` (Stripe's).
+    pub max_key_length: usize,
+    /// `identity_header`: the header naming the client (an API key, the authenticated
+    /// principal set by your auth layer). Keys are scoped by its value, so one client's key
+    /// can never replay another's response. Default: none (one scope for everybody).
+    pub identity_header: Option<String>,
+    /// `lease`: how long a claim holds the key before a crashed request stops blocking it.
+    /// Default `"60s"`; keep it above `http.request_timeout`.
+    #[serde(with = "crate::config::duration")]
+    pub lease: Duration,
+    /// `ttl`: how long completed responses are replayed. Default `"24h"`.
+    #[serde(with = "crate::config::duration")]
+    pub ttl: Duration,
+    /// `max_request_bytes`: largest body fingerprinted; larger requests get 413. Default `"1MiB"`.
+    pub max_request_bytes: ByteSize,
+    /// `max_response_bytes`: largest response stored; a larger one is sent but not stored (the
+    /// key is released and a WARN logged). Default `"1MiB"`.
+    pub max_response_bytes: ByteSize,
+    /// `release_on_server_error`: a 5xx (or panic, or cancelled request) frees the key so the
+    /// client can retry. Default `true`; with `false` 5xx responses are replayed like others.
+    pub release_on_server_error: bool,
+    /// `stored_headers`: the response headers replayed. Default
+    /// `["content-type", "location", "etag"]`.
+    pub stored_headers: Vec<String>,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            methods: vec!["POST".into(), "PATCH".into()],
+            required: true,
+            header: "idempotency-key".into(),
+            max_key_length: 255,
+            identity_header: None,
+            lease: Duration::from_secs(60),
+            ttl: Duration::from_secs(24 * 3600),
+            max_request_bytes: ByteSize::mib(1),
+            max_response_bytes: ByteSize::mib(1),
+            release_on_server_error: true,
+            stored_headers: vec!["content-type".into(), "location".into(), "etag".into()],
+        }
+    }
+}
+
+impl IdempotencyConfig {
+    fn validate(&self, problems: &mut Problems) {
+        for method in &self.methods {
+            problems.check(
+                Method::from_bytes(method.as_bytes()).is_ok(),
+                "idempotency.methods",
+                format!("{method:?} is not an HTTP method"),
+            );
+        }
+        problems.check(
+            HeaderName::try_from(self.header.as_str()).is_ok(),
+            "idempotency.header",
+            "must be a valid header name",
+        );
+        if let Some(identity) = &self.identity_header {
+            problems.check(
+                HeaderName::try_from(identity.as_str()).is_ok(),
+                "idempotency.identity_header",
+                "must be a valid header name",
+            );
+        }
+        problems.check(
+            self.max_key_length > 0,
+            "idempotency.max_key_length",
+            "must be at least 1",
+        );
+        problems.check(!self.lease.is_zero(), "idempotency.lease", "must be greater than zero");
+        problems.check(self.ttl >= self.lease, "idempotency.ttl", "must be at least the lease");
+    }
+}
+
+struct Shared {
+    store: Arc<dyn IdempotencyStore>,
+    config: IdempotencyConfig,
+    methods: Vec<Method>,
+    header: HeaderName,
+    identity: Option<HeaderName>,
+    stored_headers: Vec<HeaderName>,
+}
+
+/// Makes POST and PATCH (by default) safe to repeat, per the IETF Idempotency-Key draft.
+///
+/// | request | answer |
+/// |---|---|
+/// | first with a key | handled; the response stored |
+/// | same key and payload, after completion | the stored response, `Idempotent-Replayed: true`, handler not called |
+/// | same key, first still running | 409 `idempotency-key-in-use`, `Retry-After` |
+/// | same key, different payload | 422 `idempotency-key-reused` |
+/// | no key (when required) | 400 `idempotency-key-missing` |
+/// | empty, too long or non-ASCII key | 400 `idempotency-key-invalid` |
+/// | store unreachable | 503 `idempotency-store-unavailable` (the handler is not run unguarded) |
+///
+/// Add it to the routes that change state:
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum::{Router, routing::post};
+/// use chassis::idempotency::{IdempotencyLayer, MemoryStore};
+///
+/// let layer = IdempotencyLayer::new(Arc::new(MemoryStore::default()), Default::default()).unwrap();
+/// let app: Router = Router::new().route("/payments", post(|| async { "paid" })).layer(layer);
+/// ```
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("store", &self.shared.store.name())
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl IdempotencyLayer {
+    /// A layer keeping keys in `store`.
+    pub fn new(store: Arc<dyn IdempotencyStore>, config: IdempotencyConfig) -> Result<Self, ConfigError> {
+        let mut problems = Problems::default();
+        config.validate(&mut problems);
+        problems.into_result()?;
+        let parse = |name: &str| HeaderName::try_from(name.to_ascii_lowercase()).expect("validated");
+        Ok(Self {
+            shared: Arc::new(Shared {
+                methods: config
+                    .methods
+                    .iter()
+                    .map(|m| Method::from_bytes(m.as_bytes()).expect("validated"))
+                    .collect(),
+                header: parse(&config.header),
+                identity: config.identity_header.as_deref().map(parse),
+                stored_headers: config
+                    .stored_headers
+                    .iter()
+                    .filter_map(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok())
+                    .collect(),
+                store,
+                config,
+            }),
+        })
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of [`IdempotencyLayer`].
+#[derive(Clone)]
+pub struct Idempotency<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> std::fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency").finish_non_exhaustive()
+    }
+}
+
+fn count(outcome: &'static str) {
+    metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+fn reject(status: StatusCode, name: &str, title: &str, detail: String) -> Response {
+    count("rejected");
+    Problem::new(status, name, title).with_detail(detail).into_response()
+}
+
+/// The key from the header: a structured-field string (`"abc"`, as the draft writes it) or,
+/// for compatibility, a bare token (`abc`, as most APIs accept).
+fn parse_key(value: &HeaderValue, max: usize) -> Result<String, &'static str> {
+    let raw = value.to_str().map_err(|_| "must be visible ASCII")?.trim();
+    let key = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(quoted) => quoted,
+        None => raw,
+    };
+    if key.is_empty() {
+        return Err("must not be empty");
+    }
+    if key.len() > max {
+        return Err("is too long");
+    }
+    if !key
+        .bytes()
+        .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+    {
+        return Err("must be visible ASCII without quotes or backslashes");
+    }
+    Ok(key.to_owned())
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Frees the claim if the request ends any way other than through `complete` or `release`
+/// (a panic unwinding through, the client going away).
+struct ClaimGuard {
+    store: Arc<dyn IdempotencyStore>,
+    key: String,
+    token: String,
+    armed: bool,
+}
+
+impl ClaimGuard {
+    async fn release(mut self) {
+        self.armed = false;
+        if let Err(error) = self.store.release(&self.key, &self.token).await {
+            tracing::warn!(%error, "releasing an idempotency key failed; it frees itself when its lease ends");
+        }
+    }
+
+    async fn complete(mut self, response: &StoredResponse, ttl: Duration) {
+        self.armed = false;
+        if let Err(error) = self.store.complete(&self.key, &self.token, response, ttl).await {
+            tracing::warn!(%error, "storing an idempotent response failed; a retry will run the request again after the lease");
+        }
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (store, key, token) = (
+            self.store.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        );
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = store.release(&key, &token).await;
+            });
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for Idempotency<S>
+where
+    S: Service<Request<Body>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        if !self.shared.methods.contains(request.method()) {
+            return Box::pin(inner.oneshot(request));
+        }
+        Box::pin(guarded(inner, self.shared.clone(), request))
+    }
+}
+
+async fn guarded<S>(inner: S, shared: Arc<Shared>, request: Request<Body>) -> Result<Response, S::Error>
+where
+    S: Service<Request<Body>, Response = Response>,
+{
+    let config = &shared.config;
+    let key = match request.headers().get(&shared.header) {
+        None if config.required => {
+            return Ok(reject(
+                StatusCode::BAD_REQUEST,
+                "idempotency-key-missing",
+                "Idempotency-Key required",
+                format!(
+                    "{} {} needs an {} header",
+                    request.method(),
+                    request.uri().path(),
+                    shared.header
+                ),
+            ));
+        }
+        None => return inner.oneshot(request).await,
+        Some(value) => match parse_key(value, config.max_key_length) {
+            Ok(key) => key,
+            Err(problem) => {
+                return Ok(reject(
+                    StatusCode::BAD_REQUEST,
+                    "idempotency-key-invalid",
+                    "Invalid Idempotency-Key",
+                    format!(
+                        "the {} header {problem} (at most {} characters)",
+                        shared.header, config.max_key_length
+                    ),
+                ));
+            }
+        },
+    };
+    let scope = match shared.identity.as_ref().and_then(|h| request.headers().get(h)) {
+        Some(identity) => hex(&Sha256::digest(identity.as_bytes())[..12]),
+        None => "-".into(),
+    };
+    let store_key = format!("{scope}:{key}");
+
+    let (parts, body) = request.into_parts();
+    let limit = config.max_request_bytes.as_usize();
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(_) => {
+            return Ok(reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+                format!("idempotent requests are limited to {} bytes", config.max_request_bytes),
+            ));
+        }
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(parts.method.as_str());
+    hasher.update(b"\n");
+    hasher.update(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    hasher.update(b"\n");
+    hasher.update(&body);
+    let fingerprint = hex(&hasher.finalize());
+
+    let token = match shared.store.begin(&store_key, &fingerprint, config.lease).await {
+        Err(error) => {
+            count("unavailable");
+            tracing::error!(%error, "idempotency store unavailable; refusing the request rather than risking a double execution");
+            return Ok(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "idempotency-store-unavailable",
+                "Idempotency store unavailable",
+            )
+            .with_detail("the request was not processed; retry it with the same Idempotency-Key")
+            .with_retry_after(Duration::from_secs(1))
+            .into_response());
+        }
+        Ok(Begin::Completed(stored)) => {
+            count("replayed");
+            tracing::info!(idempotency_key = %key, status = stored.status, "replaying the stored response");
+            return Ok(replay(stored));
+        }
+        Ok(Begin::InFlight { lease_left }) => {
+            count("conflict");
+            tracing::info!(idempotency_key = %key, "request with this key still in flight");
+            return Ok(Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-in-use",
+                "Request with this Idempotency-Key in progress",
+            )
+            .with_detail("a request with the same key is still being processed; retry after it completes")
+            .with_retry_after(lease_left.clamp(Duration::from_secs(1), Duration::from_secs(5)))
+            .into_response());
+        }
+        Ok(Begin::Mismatch) => {
+            count("mismatch");
+            tracing::warn!(idempotency_key = %key, "idempotency key reused with a different request");
+            return Ok(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused with a different request",
+            )
+            .with_detail("this key was used for a request with another method, path or body; use a new key")
+            .into_response());
+        }
+        Ok(Begin::Claimed { token }) => token,
+    };
+    count("new");
+    let guard = ClaimGuard {
+        store: shared.store.clone(),
+        key: store_key,
+        token,
+        armed: true,
+    };
+    let request = Request::from_parts(parts, Body::from(body));
+    let response = inner.oneshot(request).await?;
+    if response.status().is_server_error() && config.release_on_server_error {
+        guard.release().await;
+        return Ok(response);
+    }
+    let (parts, body) = response.into_parts();
+    let limit = config.max_response_bytes.as_usize();
+    let (collected, rest) = collect_up_to(body, limit).await;
+    let Some(rest) = rest else {
+        let stored = StoredResponse {
+            status: parts.status.as_u16(),
+            headers: shared
+                .stored_headers
+                .iter()
+                .filter_map(|name| {
+                    parts
+                        .headers
+                        .get(name)
+                        .map(|v| (name.as_str().to_owned(), v.as_bytes().to_vec()))
+                })
+                .collect(),
+            body: collected.to_vec(),
+        };
+        guard.complete(&stored, config.ttl).await;
+        return Ok(Response::from_parts(parts, Body::from(collected)));
+    };
+    tracing::warn!(
+        idempotency_key = %key,
+        limit = limit,
+        "response larger than idempotency.max_response_bytes: sent but not stored; a retry runs the request again"
+    );
+    guard.release().await;
+    let stream =
+        futures_util::stream::once(async move { Ok::<_, axum::Error>(collected) }).chain(rest.into_data_stream());
+    Ok(Response::from_parts(parts, Body::from_stream(stream)))
+}
+
+use futures_util::StreamExt as _;
+
+/// Reads `body` until it ends (`(all, None)`) or passes `limit` (`(prefix, Some(rest))`).
+async fn collect_up_to(mut body: Body, limit: usize) -> (Bytes, Option<Body>) {
+    let mut collected = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            break;
+        };
+        if let Ok(data) = frame.into_data() {
+            collected.extend_from_slice(&data);
+            if collected.len() > limit {
+                return (collected.freeze(), Some(body));
+            }
+        }
+    }
+    (collected.freeze(), None)
+}
+
+fn replay(stored: StoredResponse) -> Response {
+    let mut response = Response::new(Body::from(stored.body));
+    *response.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let headers = response.headers_mut();
+    for (name, value) in stored.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::from_bytes(&value)) {
+            headers.append(name, value);
+        }
+    }
+    headers.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_sf_strings_or_bare_tokens() {
+        let parse = |v: &'static str| parse_key(&HeaderValue::from_static(v), 255);
+        assert_eq!(parse("\"8e03978e-40d5-43e8\""), Ok("8e03978e-40d5-43e8".into()));
+        assert_eq!(parse("abc-123"), Ok("abc-123".into()));
+        assert!(parse("\"\"").is_err());
+        assert!(parse("a b").is_err());
+        assert!(parse_key(&HeaderValue::from_str(&"k".repeat(256)).unwrap(), 255).is_err());
+    }
+}

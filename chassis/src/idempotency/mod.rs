@@ -1,0 +1,27 @@
+//! Idempotency: the HTTP `Idempotency-Key` layer and the idempotent consumer, over one store
+//! trait with in-memory, Redis (feature `redis`) and PostgreSQL (feature `postgres`) stores.
+//!
+//! See [`IdempotencyLayer`] for the HTTP semantics and [`IdempotentConsumer`] for messages.
+//!
+//! Metrics: `chassis_idempotency_requests_total{outcome}` with outcome `new`, `replayed`,
+//! `conflict`, `mismatch`, `rejected` or `unavailable`;
+//! `chassis_idempotent_consumer_messages_total{consumer,outcome}` with `processed`,
+//! `duplicate`, `in_flight` or `failed`.
+
+mod consumer;
+mod layer;
+mod memory;
+#[cfg(feature = "postgres")]
+mod postgres_store;
+#[cfg(feature = "redis")]
+mod redis_store;
+mod store;
+
+pub use consumer::{CONSUMED_TOTAL, ConsumeError, IdempotentConsumer, Processed};
+pub use layer::{Idempotency, IdempotencyConfig, IdempotencyLayer, REPLAYED_HEADER, REQUESTS_TOTAL};
+pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres_store::{MIGRATION, PostgresStore};
+#[cfg(feature = "redis")]
+pub use redis_store::RedisStore;
+pub use store::{Begin, IdempotencyStore, StoreError, StoredResponse};

@@ -1,0 +1,196 @@
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{PgConnection, Row};
+
+use super::store::{Begin, IdempotencyStore, StoreError, StoredResponse, new_token};
+use crate::http::BoxFuture;
+
+/// The SQL that creates the store's tables (`chassis_idempotency`,
+/// `chassis_processed_messages`); [`PostgresStore::migrate`] runs it. Copy it into your own
+/// migrations if you manage the schema yourself.
+pub const MIGRATION: &str = include_str!("../../migrations/0001_chassis_idempotency.sql");
+
+/// Keys in PostgreSQL, shared by every instance. A claim is one `INSERT ... ON CONFLICT DO
+/// UPDATE ... WHERE expired` statement, so of concurrent callers exactly one wins; expiry
+/// (lease and TTL) is judged by the database's clock. The idempotent consumer can record a
+/// message id in the handler's own transaction ([`PostgresStore::record_message`]).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), chassis::idempotency::StoreError> {
+/// let store = chassis::idempotency::PostgresStore::connect("postgres://127.0.0.1/test").await?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::new("postgres", e)
+}
+
+fn millis(duration: Duration) -> i64 {
+    (duration.as_millis() as i64).max(1)
+}
+
+impl PostgresStore {
+    /// Connects a small pool to `url`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(url)
+            .await
+            .map_err(|e| error(format!("cannot connect: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// Uses an existing pool (the service's own).
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates the tables if they do not exist ([`MIGRATION`]).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::raw_sql(MIGRATION).execute(&self.pool).await.map_err(error)?;
+        Ok(())
+    }
+
+    /// Records that `consumer` processed `message_id`, inside the caller's transaction: `true`
+    /// the first time, `false` for a duplicate. Commit it together with the handler's own
+    /// writes and the effect happens exactly once, even if the process dies before the
+    /// broker hears the acknowledgement.
+    pub async fn record_message(
+        connection: &mut PgConnection,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO chassis_processed_messages (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(message_id)
+        .execute(connection)
+        .await
+        .map_err(error)?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+}
+
+impl IdempotencyStore for PostgresStore {
+    fn begin<'a>(
+        &'a self,
+        key: &'a str,
+        fingerprint: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Begin, StoreError>> {
+        Box::pin(async move {
+            let token = new_token();
+            let claimed = sqlx::query(
+                "INSERT INTO chassis_idempotency AS i (key, fingerprint, token, state, expires_at)
+                 VALUES ($1, $2, $3, 'in_flight', now() + $4 * interval '1 millisecond')
+                 ON CONFLICT (key) DO UPDATE
+                   SET fingerprint = EXCLUDED.fingerprint, token = EXCLUDED.token, state = 'in_flight',
+                       status = NULL, headers = NULL, body = NULL, expires_at = EXCLUDED.expires_at
+                   WHERE i.expires_at <= now()
+                 RETURNING token",
+            )
+            .bind(key)
+            .bind(fingerprint)
+            .bind(&token)
+            .bind(millis(lease))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(error)?;
+            if claimed.is_some() {
+                return Ok(Begin::Claimed { token });
+            }
+            let row = sqlx::query(
+                "SELECT fingerprint, state, status, headers, body,
+                        GREATEST(0, (EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::BIGINT) AS left_ms
+                 FROM chassis_idempotency WHERE key = $1",
+            )
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(error)?;
+            let Some(row) = row else {
+                // Released between the two statements: report it busy for a moment; the
+                // client's retry claims it.
+                return Ok(Begin::InFlight {
+                    lease_left: Duration::from_millis(100),
+                });
+            };
+            let stored: String = row.try_get("fingerprint").map_err(error)?;
+            if stored != fingerprint {
+                return Ok(Begin::Mismatch);
+            }
+            let state: String = row.try_get("state").map_err(error)?;
+            if state == "done" {
+                let status: i32 = row.try_get("status").map_err(error)?;
+                let headers: Option<String> = row.try_get("headers").map_err(error)?;
+                let body: Option<Vec<u8>> = row.try_get("body").map_err(error)?;
+                return Ok(Begin::Completed(StoredResponse {
+                    status: u16::try_from(status).map_err(error)?,
+                    headers: StoredResponse::decode_headers(headers.as_deref().unwrap_or("[]")),
+                    body: body.unwrap_or_default(),
+                }));
+            }
+            let left: i64 = row.try_get("left_ms").map_err(error)?;
+            Ok(Begin::InFlight {
+                lease_left: Duration::from_millis(left.max(0) as u64),
+            })
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        response: &'a StoredResponse,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE chassis_idempotency
+                 SET state = 'done', status = $3, headers = $4, body = $5,
+                     expires_at = now() + $6 * interval '1 millisecond'
+                 WHERE key = $1 AND token = $2 AND state = 'in_flight' AND expires_at > now()",
+            )
+            .bind(key)
+            .bind(token)
+            .bind(i32::from(response.status))
+            .bind(response.encode_headers())
+            .bind(response.body.as_slice())
+            .bind(millis(ttl))
+            .execute(&self.pool)
+            .await
+            .map_err(error)?;
+            Ok(())
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM chassis_idempotency WHERE key = $1 AND token = $2 AND state = 'in_flight'")
+                .bind(key)
+                .bind(token)
+                .execute(&self.pool)
+                .await
+                .map_err(error)?;
+            Ok(())
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+}
