@@ -54,6 +54,8 @@ mod guide {
     struct Resilience;
     #[doc = include_str!("../../docs/src/client.md")]
     struct Client;
+    #[doc = include_str!("../../docs/src/idempotency.md")]
+    struct Idempotency;
     #[doc = include_str!("../../docs/src/errors.md")]
     struct Errors;
 }

@@ -1,10 +1,12 @@
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use http::{Request, Response};
+use metrics::{Gauge, Histogram};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -69,25 +71,78 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let route = MatchedRoute::attach(&mut request);
         let method = method_label(request.method());
-        metrics::gauge!(HTTP_SERVER_ACTIVE_REQUESTS, "http_request_method" => method).increment(1.0);
+        let active = active_gauge(method);
+        active.increment(1.0);
         HttpMetricsFuture {
             inner: self.inner.call(request),
-            guard: ActiveGuard { method },
+            guard: ActiveGuard { active, method },
             route,
             started: Instant::now(),
         }
     }
 }
 
+// Handles are looked up in the recorder once per series and kept: a registry lookup with
+// labels costs an allocation and a hash per request. (So the recorder must be installed before
+// the first request, as the runtime does.)
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "_OTHER",
+];
+
+fn method_index(method: &'static str) -> usize {
+    METHODS.iter().position(|m| *m == method).unwrap_or(METHODS.len() - 1)
+}
+
+fn active_gauge(method: &'static str) -> &'static Gauge {
+    static GAUGES: OnceLock<Vec<Gauge>> = OnceLock::new();
+    let gauges = GAUGES.get_or_init(|| {
+        METHODS
+            .iter()
+            .map(|m| metrics::gauge!(HTTP_SERVER_ACTIVE_REQUESTS, "http_request_method" => *m))
+            .collect()
+    });
+    &gauges[method_index(method)]
+}
+
+type DurationHandles = RwLock<HashMap<(usize, u16), HashMap<Box<str>, Histogram>>>;
+
+fn duration_histogram(method: &'static str, route: &str, status: u16) -> Histogram {
+    static HANDLES: OnceLock<DurationHandles> = OnceLock::new();
+    let handles = HANDLES.get_or_init(Default::default);
+    let key = (method_index(method), status);
+    if let Some(histogram) = handles
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .and_then(|routes| routes.get(route))
+    {
+        return histogram.clone();
+    }
+    let histogram = metrics::histogram!(
+        HTTP_SERVER_REQUEST_DURATION,
+        "http_request_method" => method,
+        "http_route" => route.to_owned(),
+        "http_response_status_code" => status_label(status),
+    );
+    handles
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default()
+        .insert(route.into(), histogram.clone());
+    histogram
+}
+
 /// Decrements the in-flight gauge even when the request future is dropped (client gone,
 /// timeout further out).
 struct ActiveGuard {
+    active: &'static Gauge,
     method: &'static str,
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        metrics::gauge!(HTTP_SERVER_ACTIVE_REQUESTS, "http_request_method" => self.method).decrement(1.0);
+        self.active.decrement(1.0);
     }
 }
 
@@ -112,13 +167,7 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         let status = result.as_ref().map(|r| r.status().as_u16()).unwrap_or(500);
-        metrics::histogram!(
-            HTTP_SERVER_REQUEST_DURATION,
-            "http_request_method" => this.guard.method,
-            "http_route" => this.route.label().to_owned(),
-            "http_response_status_code" => status_label(status),
-        )
-        .record(this.started.elapsed().as_secs_f64());
+        duration_histogram(this.guard.method, this.route.label(), status).record(this.started.elapsed().as_secs_f64());
         Poll::Ready(result)
     }
 }

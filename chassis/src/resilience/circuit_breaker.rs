@@ -32,7 +32,8 @@
 //! use chassis::resilience::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitBreakerRegistry};
 //!
 //! let registry = CircuitBreakerRegistry::new();
-//! let config = CircuitBreakerConfig { consecutive_failures: 5, ..Default::default() };
+//! let mut config = CircuitBreakerConfig::default();
+//! config.consecutive_failures = 5;
 //! let breaker = registry.get_or_create("payments", &config);
 //! let layer = CircuitBreakerLayer::new(breaker);
 //! # let _ = layer;

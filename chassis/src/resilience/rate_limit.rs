@@ -14,7 +14,9 @@
 //! use axum::{Router, routing::get};
 //! use chassis::resilience::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitKey};
 //!
-//! let config = RateLimitConfig { requests: 100, key: RateLimitKey::Header("x-api-key".into()), ..Default::default() };
+//! let mut config = RateLimitConfig::default();
+//! config.requests = 100;
+//! config.key = RateLimitKey::Header("x-api-key".into());
 //! let app: Router = Router::new()
 //!     .route("/search", get(|| async { "results" }))
 //!     .layer(RateLimitLayer::new("api", config).unwrap());

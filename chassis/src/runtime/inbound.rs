@@ -71,10 +71,11 @@ impl InboundService {
     /// Wraps `routes` in the stack configured by `config` (`[http]`, `[telemetry]`, `[metrics]`).
     pub fn new(routes: Router, config: &ChassisConfig) -> Self {
         let http = &config.http;
+        // Only what needs the matched route sits on the routes; everything else wraps the router
+        // once. Our BodyLimit answers declared lengths up front; DefaultBodyLimit (which also
+        // lifts axum's own 2 MiB default) catches chunked bodies while the handler reads them.
         let routes = routes
             .layer(CaptureRouteLayer)
-            // Our BodyLimit answers declared lengths up front; this catches chunked bodies while
-            // the handler reads them.
             .layer(DefaultBodyLimit::max(http.body_limit.as_usize()));
         let caught = MapResponse::new(
             CatchPanicLayer::custom(PanicResponse).layer(routes),

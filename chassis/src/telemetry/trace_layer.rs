@@ -182,7 +182,7 @@ where
             if let Some(route) = this.route.get() {
                 span.record("http.route", route);
                 // The OpenTelemetry span has started by now; its name is set directly.
-                span.context().span().update_name(format!("{} {route}", this.method));
+                span.context().span().update_name(span_name(this.method, route));
             }
             if status >= 500 {
                 span.record("otel.status_code", "error");
@@ -202,6 +202,22 @@ where
         }
         Poll::Ready(result)
     }
+}
+
+/// `"{method} {route}"`, built once per route and method and kept: the set is bounded by the
+/// service's routes, and a per-request `format!` is measurable.
+fn span_name(method: &'static str, route: &str) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, RwLock};
+    static NAMES: OnceLock<RwLock<HashMap<(&'static str, Box<str>), &'static str>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Default::default);
+    let key = (method, Box::<str>::from(route));
+    if let Some(name) = names.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return name;
+    }
+    let name: &'static str = Box::leak(format!("{method} {route}").into_boxed_str());
+    names.write().unwrap_or_else(|e| e.into_inner()).insert(key, name);
+    name
 }
 
 #[cfg(test)]
