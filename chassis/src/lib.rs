@@ -26,6 +26,7 @@ mod error;
 pub mod health;
 pub mod http;
 pub mod idempotency;
+pub mod messaging;
 pub mod metrics;
 pub mod resilience;
 pub mod runtime;

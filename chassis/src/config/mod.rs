@@ -66,6 +66,7 @@ pub const RESERVED_SECTIONS: &[&str] = &[
     "health",
     "shutdown",
     "clients",
+    "messaging",
 ];
 
 /// The loaded configuration: the chassis' sections and the service's settings.
@@ -99,6 +100,8 @@ pub struct ChassisConfig {
     pub shutdown: ShutdownConfig,
     /// `[clients.<name>]`: the downstream services this one calls.
     pub clients: std::collections::BTreeMap<String, crate::client::ClientConfig>,
+    /// `[messaging]`: the message bus.
+    pub messaging: crate::messaging::MessagingConfig,
 }
 
 impl ChassisConfig {
@@ -110,6 +113,7 @@ impl ChassisConfig {
         self.metrics.validate(problems);
         self.health.validate(problems);
         self.shutdown.validate(problems);
+        self.messaging.validate(problems);
         for (name, client) in &self.clients {
             client.validate(&format!("clients.{name}"), problems);
         }

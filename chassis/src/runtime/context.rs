@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 use crate::client::{Client, ClientError, Clients};
 use crate::config::{ChassisConfig, Config};
 use crate::health::HealthRegistry;
+use crate::messaging::{Bus, Command, Event, Incoming, MessagingError};
 use crate::metrics::MetricsHandle;
 use crate::resilience::circuit_breaker::CircuitBreakerRegistry;
 
@@ -36,6 +37,7 @@ pub struct Context<T> {
 struct Inner<T> {
     config: Config<T>,
     clients: Clients,
+    bus: Bus,
     health: HealthRegistry,
     metrics: Option<MetricsHandle>,
     shutdown: CancellationToken,
@@ -64,6 +66,7 @@ impl<T> Context<T> {
     pub(crate) fn new(
         config: Config<T>,
         clients: Clients,
+        bus: Bus,
         health: HealthRegistry,
         metrics: Option<MetricsHandle>,
         shutdown: CancellationToken,
@@ -73,6 +76,7 @@ impl<T> Context<T> {
             inner: Arc::new(Inner {
                 config,
                 clients,
+                bus,
                 health,
                 metrics,
                 shutdown,
@@ -112,6 +116,51 @@ impl<T> Context<T> {
     /// open breaker turns readiness to `warn`.
     pub fn circuit_breakers(&self) -> &CircuitBreakerRegistry {
         self.inner.clients.breakers()
+    }
+
+    /// The message bus configured under `[messaging]` (in-memory unless set).
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    /// Subscribes `group` to events of type `M` with `handler`, run as tracked background
+    /// tasks: at shutdown they stop taking messages, finish the ones in hand and acknowledge
+    /// them within the grace period.
+    pub async fn subscribe<M, H, Fut, E>(&self, group: &str, handler: H) -> Result<(), MessagingError>
+    where
+        M: Event,
+        H: Fn(Incoming<M>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let consumers = self.inner.bus.subscribe(group, handler, self.shutdown_token()).await?;
+        self.track(consumers);
+        Ok(())
+    }
+
+    /// Registers the handler of command `C`, run like [`Context::subscribe`].
+    pub async fn handle<C, H, Fut, E>(&self, handler: H) -> Result<(), MessagingError>
+    where
+        C: Command,
+        H: Fn(Incoming<C>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let consumers = self
+            .inner
+            .bus
+            .handle::<C, _, _, _>(handler, self.shutdown_token())
+            .await?;
+        self.track(consumers);
+        Ok(())
+    }
+
+    fn track(&self, consumers: Vec<JoinHandle<()>>) {
+        self.inner.tasks.spawn(async move {
+            for consumer in consumers {
+                let _ = consumer.await;
+            }
+        });
     }
 
     /// A token cancelled when the listener closes at shutdown (after the readiness delay).

@@ -123,6 +123,9 @@ pub enum StartError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// The message broker could not be reached.
+    #[error("cannot start messaging: {0}; check messaging.url and that the broker is up")]
+    Messaging(#[from] crate::messaging::MessagingError),
     /// The service's init function returned an error.
     #[error("the service's init function failed: {}", .0.report())]
     Init(crate::Error),
@@ -319,7 +322,31 @@ where
     let breakers = CircuitBreakerRegistry::new();
     health.register(breakers.health_check());
     let clients = Clients::new(chassis.clients.clone(), breakers);
-    let ctx = Context::new(config, clients, health.clone(), metrics, stop.clone(), tasks.clone());
+    let transport = crate::messaging::connect(&chassis.messaging).await?;
+    {
+        let transport = transport.clone();
+        let name = format!("messaging:{}", transport.name());
+        health.register(crate::health::Check::new(name, move || {
+            let connected = transport.is_connected();
+            async move {
+                if connected {
+                    crate::health::CheckResult::pass()
+                } else {
+                    crate::health::CheckResult::fail("not connected to the broker; reconnecting")
+                }
+            }
+        }));
+    }
+    let bus = crate::messaging::Bus::from_arc(transport, chassis.service.name.as_str(), chassis.messaging.clone());
+    let ctx = Context::new(
+        config,
+        clients,
+        bus,
+        health.clone(),
+        metrics,
+        stop.clone(),
+        tasks.clone(),
+    );
     let routes = match init(ctx).await {
         Ok(routes) => routes,
         Err(error) => {

@@ -209,7 +209,8 @@ where
 fn span_name(method: &'static str, route: &str) -> &'static str {
     use std::collections::HashMap;
     use std::sync::{OnceLock, RwLock};
-    static NAMES: OnceLock<RwLock<HashMap<(&'static str, Box<str>), &'static str>>> = OnceLock::new();
+    type Names = RwLock<HashMap<(&'static str, Box<str>), &'static str>>;
+    static NAMES: OnceLock<Names> = OnceLock::new();
     let names = NAMES.get_or_init(Default::default);
     let key = (method, Box::<str>::from(route));
     if let Some(name) = names.read().unwrap_or_else(|e| e.into_inner()).get(&key) {

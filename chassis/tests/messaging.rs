@@ -1,0 +1,439 @@
+//! One conformance suite for every transport: the in-memory bus and NATS JetStream on the
+//! machine (NATS_URL; under CI=true an unreachable server fails the test).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chassis::messaging::{
+    Bus, Event, Incoming, Kind, MemoryTransport, Message, MessagingConfig, NatsTransport, RawMessage, Transport,
+};
+use futures_util::StreamExt as _;
+use opentelemetry::trace::TraceContextExt as _;
+use tokio_util::sync::CancellationToken;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct OrderPlaced {
+    order: u32,
+}
+
+impl Message for OrderPlaced {
+    const TYPE: &'static str = "test.order.placed";
+}
+impl Event for OrderPlaced {}
+
+fn config(namespace: &str) -> MessagingConfig {
+    let mut config = MessagingConfig::default();
+    config.namespace = namespace.to_owned();
+    config.max_attempts = 3;
+    config.retry_base_delay = Duration::from_millis(5);
+    config.retry_max_delay = Duration::from_millis(20);
+    config.concurrency = 2;
+    config.ack_wait = Duration::from_secs(1);
+    config
+}
+
+/// Reads the dead letters of a group: (reason, body).
+type DeadLetters = Box<dyn Fn(String) -> futures_util::future::BoxFuture<'static, Vec<(String, String)>> + Send + Sync>;
+
+struct Harness {
+    /// The NATS namespace whose streams the test deletes at the end.
+    cleanup: Option<(NatsTransport, String)>,
+    bus: Bus,
+    transport: Arc<dyn Transport>,
+    dead_letters: DeadLetters,
+}
+
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..200 {
+        if let Some(value) = check() {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn conformance(harness: Harness) {
+    chassis::telemetry::init(&Default::default(), &Default::default()).ok();
+    let Harness { bus, .. } = harness;
+    let stop = CancellationToken::new();
+
+    // Fan-out: three groups each get every event exactly once.
+    let seen: Arc<Mutex<BTreeMap<String, Vec<u32>>>> = Arc::default();
+    for group in ["billing", "shipping", "mailer"] {
+        let seen = seen.clone();
+        let group_name = group.to_owned();
+        bus.subscribe(
+            group,
+            move |incoming: Incoming<OrderPlaced>| {
+                let (seen, group) = (seen.clone(), group_name.clone());
+                async move {
+                    seen.lock()
+                        .unwrap()
+                        .entry(group)
+                        .or_default()
+                        .push(incoming.message.order);
+                    Ok::<_, String>(())
+                }
+            },
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+    }
+    for order in 0..5 {
+        bus.publish(&OrderPlaced { order }).await.unwrap();
+    }
+    eventually("fan-out to three groups", || {
+        let seen = seen.lock().unwrap();
+        (seen.len() == 3 && seen.values().all(|v| v.len() >= 5)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (group, orders) in seen.lock().unwrap().iter() {
+        let unique: BTreeSet<_> = orders.iter().collect();
+        assert_eq!(orders.len(), 5, "{group} got each event once: {orders:?}");
+        assert_eq!(unique.len(), 5, "{group}");
+    }
+    stop.cancel();
+}
+
+async fn competing_and_failures(harness: Harness) {
+    let Harness {
+        bus,
+        transport,
+        dead_letters,
+        ..
+    } = harness;
+    let stop = CancellationToken::new();
+
+    // Two consumers in one group share the work; none is handled twice.
+    let handled: Arc<Mutex<Vec<(u32, tokio::task::Id)>>> = Arc::default();
+    let h = handled.clone();
+    bus.subscribe(
+        "workers",
+        move |incoming: Incoming<OrderPlaced>| {
+            let h = h.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                h.lock().unwrap().push((incoming.message.order, tokio::task::id()));
+                Ok::<_, String>(())
+            }
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    for order in 100..120 {
+        bus.publish(&OrderPlaced { order }).await.unwrap();
+    }
+    eventually("20 handled", || (handled.lock().unwrap().len() >= 20).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let handled = handled.lock().unwrap().clone();
+    let orders: BTreeSet<_> = handled.iter().map(|(o, _)| *o).collect();
+    let consumers: BTreeSet<_> = handled.iter().map(|(_, t)| *t).collect();
+    assert_eq!(handled.len(), 20, "no message handled twice");
+    assert_eq!(orders.len(), 20);
+    assert_eq!(consumers.len(), 2, "both consumers took work");
+    stop.cancel();
+
+    // A handler failing twice then succeeding: handled, not dead-lettered; past the limit:
+    // dead-lettered with the reason.
+    let stop = CancellationToken::new();
+    let attempts: Arc<Mutex<BTreeMap<u32, u32>>> = Arc::default();
+    let a = attempts.clone();
+    bus.subscribe(
+        "flaky",
+        move |incoming: Incoming<OrderPlaced>| {
+            let a = a.clone();
+            async move {
+                let n = {
+                    let mut attempts = a.lock().unwrap();
+                    let n = attempts.entry(incoming.message.order).or_default();
+                    *n += 1;
+                    *n
+                };
+                match incoming.message.order {
+                    1 if n < 3 => Err(format!("transient failure {n}")),
+                    2 => Err("boom".to_owned()),
+                    _ => Ok(()),
+                }
+            }
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    bus.publish(&OrderPlaced { order: 1 }).await.unwrap();
+    bus.publish(&OrderPlaced { order: 2 }).await.unwrap();
+    // An undecodable message goes to the dead letters at once.
+    let envelope = bus.publish(&OrderPlaced { order: 3 }).await.unwrap();
+    transport
+        .publish(
+            Kind::Event,
+            OrderPlaced::TYPE,
+            RawMessage {
+                headers: envelope.to_headers(),
+                body: "not json".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let letters = {
+        let mut letters = Vec::new();
+        for _ in 0..100 {
+            letters = dead_letters("flaky".into()).await;
+            if letters.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        letters
+    };
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(
+        letters.iter().any(|(reason, body)| reason.contains("failed 3 times")
+            && reason.contains("boom")
+            && body.contains("\"order\":2")),
+        "{letters:?}"
+    );
+    assert!(
+        letters
+            .iter()
+            .any(|(reason, body)| reason.contains("cannot decode") && body == "not json"),
+        "{letters:?}"
+    );
+    let attempts = attempts.lock().unwrap().clone();
+    assert_eq!(attempts[&1], 3, "failed twice, succeeded the third time");
+    assert_eq!(attempts[&2], 3, "max_attempts");
+    stop.cancel();
+}
+
+async fn redelivery_and_trace(harness: Harness) {
+    chassis::telemetry::init(&Default::default(), &Default::default()).ok();
+    let Harness { bus, transport, .. } = harness;
+
+    // A consumer that dies before acknowledging: the message is delivered again.
+    let mut first = transport
+        .subscribe(Kind::Event, OrderPlaced::TYPE, "crashy")
+        .await
+        .unwrap();
+    bus.publish(&OrderPlaced { order: 7 }).await.unwrap();
+    let delivery = first.next().await.unwrap().unwrap();
+    assert_eq!(delivery.delivered, 1);
+    drop(delivery);
+    drop(first);
+    let mut second = transport
+        .subscribe(Kind::Event, OrderPlaced::TYPE, "crashy")
+        .await
+        .unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), second.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.delivered, 2, "redelivered");
+    again.ack().await.unwrap();
+
+    // The consumer's span continues the publisher's trace.
+    let stop = CancellationToken::new();
+    let trace_ids: Arc<Mutex<Vec<String>>> = Arc::default();
+    let t = trace_ids.clone();
+    bus.subscribe(
+        "traced",
+        move |_: Incoming<OrderPlaced>| {
+            let t = t.clone();
+            async move {
+                let id = tracing::Span::current()
+                    .context()
+                    .span()
+                    .span_context()
+                    .trace_id()
+                    .to_string();
+                t.lock().unwrap().push(id);
+                Ok::<_, String>(())
+            }
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let span = tracing::info_span!("checkout");
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        "00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01"
+            .parse()
+            .unwrap(),
+    );
+    let _ = span.set_parent(chassis::telemetry::extract_context(&headers));
+    {
+        use tracing::Instrument as _;
+        bus.publish(&OrderPlaced { order: 8 }).instrument(span).await.unwrap();
+    }
+    let ids = eventually("the traced message", || {
+        let ids = trace_ids.lock().unwrap().clone();
+        (!ids.is_empty()).then_some(ids)
+    })
+    .await;
+    assert_eq!(ids[0], "5b8efff798038103d269b633813fc60c");
+    stop.cancel();
+}
+
+fn memory() -> Harness {
+    let transport = MemoryTransport::new();
+    let reader = transport.clone();
+    let shared: Arc<dyn Transport> = Arc::new(transport);
+    Harness {
+        cleanup: None,
+        bus: Bus::from_arc(shared.clone(), "tests", config("memory")),
+        transport: shared,
+        dead_letters: Box::new(move |group| {
+            let letters = reader
+                .dead_letters()
+                .into_iter()
+                .filter(|d| d.group == group)
+                .map(|d| (d.reason, String::from_utf8_lossy(&d.message.body).into_owned()))
+                .collect();
+            Box::pin(async move { letters })
+        }),
+    }
+}
+
+async fn nats() -> Option<Harness> {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let namespace = format!("t{}", uuid::Uuid::new_v4().simple());
+    let transport = match NatsTransport::connect(&url, &config(&namespace)).await {
+        Ok(transport) => transport,
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("NATS is required under CI=true: {e}"),
+        Err(e) => {
+            eprintln!("skipping: NATS unreachable ({e})");
+            return None;
+        }
+    };
+    let reader = transport.clone();
+    let cleanup = Some((transport.clone(), namespace.clone()));
+    let shared: Arc<dyn Transport> = Arc::new(transport);
+    Some(Harness {
+        cleanup,
+        bus: Bus::from_arc(shared.clone(), "tests", config(&namespace)),
+        transport: shared,
+        dead_letters: Box::new(move |group| {
+            let reader = reader.clone();
+            let namespace = namespace.clone();
+            Box::pin(async move {
+                let stream = reader
+                    .jetstream()
+                    .get_stream(format!("{}_DEAD_LETTERS", namespace.to_uppercase()))
+                    .await
+                    .unwrap();
+                let consumer = stream
+                    .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                        filter_subject: reader.dead_letter_subject(&group),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(100)
+                    .expires(Duration::from_millis(300))
+                    .messages()
+                    .await
+                    .unwrap();
+                let mut letters = Vec::new();
+                while let Some(Ok(message)) = batch.next().await {
+                    let reason = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("chassis-dead-letter-reason"))
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
+                    letters.push((reason, String::from_utf8_lossy(&message.payload).into_owned()));
+                }
+                letters
+            })
+        }),
+    })
+}
+
+#[tokio::test]
+async fn memory_fans_out() {
+    conformance(memory()).await;
+}
+
+#[tokio::test]
+async fn memory_competing_consumers_retries_and_dead_letters() {
+    competing_and_failures(memory()).await;
+}
+
+#[tokio::test]
+async fn memory_redelivers_and_continues_the_trace() {
+    redelivery_and_trace(memory()).await;
+}
+
+async fn delete_streams(cleanup: Option<(NatsTransport, String)>) {
+    if let Some((transport, namespace)) = cleanup {
+        let upper = namespace.to_uppercase();
+        for family in ["EVENTS", "COMMANDS", "DEAD_LETTERS"] {
+            let _ = transport.jetstream().delete_stream(format!("{upper}_{family}")).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn nats_fans_out() {
+    if let Some(mut harness) = nats().await {
+        let cleanup = harness.cleanup.take();
+        conformance(harness).await;
+        delete_streams(cleanup).await;
+    }
+}
+
+#[tokio::test]
+async fn nats_competing_consumers_retries_and_dead_letters() {
+    if let Some(mut harness) = nats().await {
+        let cleanup = harness.cleanup.take();
+        competing_and_failures(harness).await;
+        delete_streams(cleanup).await;
+    }
+}
+
+#[tokio::test]
+async fn nats_redelivers_and_continues_the_trace() {
+    if let Some(mut harness) = nats().await {
+        let cleanup = harness.cleanup.take();
+        redelivery_and_trace(harness).await;
+        delete_streams(cleanup).await;
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_from_the_context_drain_at_shutdown() {
+    let handled = Arc::new(AtomicU32::new(0));
+    let h = handled.clone();
+    let service = chassis::testing::spawn(move |ctx: chassis::Context<()>| async move {
+        ctx.subscribe("slow", move |_: Incoming<OrderPlaced>| {
+            let h = h.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                h.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(())
+            }
+        })
+        .await?;
+        ctx.bus().publish(&OrderPlaced { order: 1 }).await?;
+        Ok(axum::Router::new())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(service.stop().await, chassis::runtime::Stopped::Drained);
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        1,
+        "the message in hand was finished before exit"
+    );
+}
