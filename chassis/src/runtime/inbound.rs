@@ -132,7 +132,7 @@ impl InboundService {
 
 /// `true` for the paths the admin router answers.
 pub(crate) fn is_admin_path(path: &str) -> bool {
-    path == "/metrics" || path.starts_with("/health/")
+    path == "/metrics" || path == "/circuit-breakers" || path.starts_with("/health/")
 }
 
 impl Service<Request<Body>> for InboundService {

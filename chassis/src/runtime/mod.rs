@@ -211,10 +211,21 @@ impl RunningService {
     }
 }
 
-/// The admin endpoints: `/health/live`, `/health/ready`, `/health/startup` and, with metrics
+/// The admin endpoints: `/health/live`, `/health/ready`, `/health/startup`,
+/// `/circuit-breakers` (state, rates and window of every breaker, as JSON) and, with metrics
 /// enabled, `/metrics`.
-pub fn admin_router(health: HealthRegistry, metrics: Option<MetricsHandle>) -> Router {
-    let router = crate::health::router(health);
+pub fn admin_router(
+    health: HealthRegistry,
+    metrics: Option<MetricsHandle>,
+    breakers: CircuitBreakerRegistry,
+) -> Router {
+    let router = crate::health::router(health).route(
+        "/circuit-breakers",
+        get(move || {
+            let breakers = breakers.clone();
+            async move { axum::Json(breakers.snapshots()) }
+        }),
+    );
     match metrics {
         Some(handle) => router.route(
             "/metrics",
@@ -301,7 +312,9 @@ where
         key: "http.port",
         source,
     })?;
-    let admin = admin_router(health.clone(), metrics.clone());
+    let breakers = CircuitBreakerRegistry::new();
+    health.register(breakers.health_check());
+    let admin = admin_router(health.clone(), metrics.clone(), breakers.clone());
     let admin_stop = CancellationToken::new();
     let (admin_addr, admin_server) = if chassis.admin.shared {
         (http_addr, None)
@@ -319,8 +332,6 @@ where
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let breakers = CircuitBreakerRegistry::new();
-    health.register(breakers.health_check());
     let clients = Clients::new(chassis.clients.clone(), breakers);
     let transport = crate::messaging::connect(&chassis.messaging).await?;
     {

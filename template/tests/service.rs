@@ -1,0 +1,51 @@
+//! Starts the service on free ports and checks a route, readiness and metrics.
+
+#[tokio::test]
+async fn serves_routes_health_and_metrics() {
+    let service = chassis::testing::spawn_with(
+        chassis::testing::options(){% if downstream_client %}.configure(|l| l.set("clients.downstream.base_url", "http://127.0.0.1:9"))
+        {%- endif %},
+        {{crate_name}}::init,
+    )
+    .await;
+    let http = reqwest::Client::new();
+
+    let hello = http
+        .get(format!("http://{}/hello/world", service.http_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hello.status(), 200);
+    assert_eq!(hello.text().await.unwrap(), r#"{"message":"Hello, world!"}"#);
+
+    let order = |key: &'static str| {
+        http.post(format!("http://{}/orders", service.http_addr()))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(r#"{"item":"book"}"#)
+            .send()
+    };
+    let first = order("order-1").await.unwrap();
+    assert_eq!(first.status(), 201);
+    let again = order("order-1").await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true", "a retry is answered, not executed");
+
+    let ready = http
+        .get(format!("http://{}/health/ready", service.admin_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let metrics = http
+        .get(format!("http://{}/metrics", service.admin_addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("http_server_request_duration_seconds_bucket{"), "{metrics}");
+
+    service.stop().await;
+}
