@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chassis::messaging::{
-    Bus, Event, Incoming, Kind, MemoryTransport, Message, MessagingConfig, NatsTransport, RawMessage, Transport,
+    AmqpTransport, Bus, Event, Incoming, Kind, MemoryTransport, Message, MessagingConfig, NatsTransport, RawMessage,
+    Transport,
 };
 use futures_util::StreamExt as _;
 use opentelemetry::trace::TraceContextExt as _;
@@ -408,6 +409,106 @@ async fn nats_redelivers_and_continues_the_trace() {
         let cleanup = harness.cleanup.take();
         redelivery_and_trace(harness).await;
         delete_streams(cleanup).await;
+    }
+}
+
+async fn amqp() -> Option<(Harness, String)> {
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let namespace = format!("t{}", uuid::Uuid::new_v4().simple());
+    let transport = match AmqpTransport::connect(&url, &config(&namespace)).await {
+        Ok(transport) => transport,
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("RabbitMQ is required under CI=true: {e}"),
+        Err(e) => {
+            eprintln!("skipping: RabbitMQ unreachable ({e})");
+            return None;
+        }
+    };
+    let queue_prefix = format!("{namespace}.dead-letters.");
+    let reader_url = url.clone();
+    let shared: Arc<dyn Transport> = Arc::new(transport);
+    Some((
+        Harness {
+            cleanup: None,
+            bus: Bus::from_arc(shared.clone(), "tests", config(&namespace)),
+            transport: shared,
+            dead_letters: Box::new(move |group| {
+                let (url, queue) = (reader_url.clone(), format!("{queue_prefix}{group}"));
+                Box::pin(async move {
+                    let connection = lapin::Connection::connect(&url, Default::default()).await.unwrap();
+                    let channel = connection.create_channel().await.unwrap();
+                    let mut letters = Vec::new();
+                    while let Ok(Some(message)) = channel
+                        .basic_get(queue.as_str().into(), lapin::options::BasicGetOptions { no_ack: false })
+                        .await
+                    {
+                        let reason = message
+                            .properties
+                            .headers()
+                            .as_ref()
+                            .and_then(|h| h.inner().get("chassis-dead-letter-reason").cloned())
+                            .and_then(|v| {
+                                v.as_long_string()
+                                    .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
+                            })
+                            .unwrap_or_default();
+                        letters.push((reason, String::from_utf8_lossy(&message.data).into_owned()));
+                    }
+                    // Not acknowledged: closing the channel puts them back for the next read.
+                    let _ = channel.close(200, "done".into()).await;
+                    letters
+                })
+            }),
+        },
+        namespace,
+    ))
+}
+
+async fn delete_amqp(namespace: String) {
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let Ok(connection) = lapin::Connection::connect(&url, Default::default()).await else {
+        return;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    for group in ["billing", "shipping", "mailer", "workers", "flaky", "crashy", "traced"] {
+        let queue = format!("{namespace}.{group}.{}", OrderPlaced::TYPE);
+        let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
+    }
+    let _ = channel
+        .queue_delete(
+            format!("{namespace}.dead-letters.flaky").as_str().into(),
+            Default::default(),
+        )
+        .await;
+    for exchange in ["events", "commands", "dead-letters"] {
+        let _ = channel
+            .exchange_delete(format!("{namespace}.{exchange}").as_str().into(), Default::default())
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn amqp_fans_out() {
+    if let Some((harness, namespace)) = amqp().await {
+        conformance(harness).await;
+        delete_amqp(namespace).await;
+    }
+}
+
+#[tokio::test]
+async fn amqp_competing_consumers_retries_and_dead_letters() {
+    if let Some((harness, namespace)) = amqp().await {
+        competing_and_failures(harness).await;
+        delete_amqp(namespace).await;
+    }
+}
+
+#[tokio::test]
+async fn amqp_redelivers_and_continues_the_trace() {
+    if let Some((harness, namespace)) = amqp().await {
+        redelivery_and_trace(harness).await;
+        delete_amqp(namespace).await;
     }
 }
 

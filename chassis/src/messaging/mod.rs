@@ -31,6 +31,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "amqp")]
+mod amqp;
 mod memory;
 #[cfg(feature = "nats")]
 mod nats;
@@ -47,6 +49,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+#[cfg(feature = "amqp")]
+pub use amqp::AmqpTransport;
 pub use memory::{DeadLetter, MemoryTransport};
 #[cfg(feature = "nats")]
 pub use nats::NatsTransport;
@@ -300,7 +304,8 @@ pub trait Transport: Send + Sync + 'static {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct MessagingConfig {
-    /// `transport`: `"memory"` (default) or `"nats"` (feature `nats`).
+    /// `transport`: `"memory"` (default), `"nats"` (feature `nats`) or `"amqp"` (feature `amqp`,
+    /// RabbitMQ).
     pub transport: String,
     /// `url`: the broker, e.g. `"nats://127.0.0.1:4222"`. Default: none (memory needs none).
     pub url: Option<String>,
@@ -340,7 +345,7 @@ impl Default for MessagingConfig {
 
 impl MessagingConfig {
     pub(crate) fn validate(&self, problems: &mut Problems) {
-        let known = ["memory", "nats"];
+        let known = ["memory", "nats", "amqp"];
         problems.check(
             known.contains(&self.transport.as_str()),
             "messaging.transport",
@@ -349,7 +354,7 @@ impl MessagingConfig {
         problems.check(
             self.transport == "memory" || self.url.is_some(),
             "messaging.url",
-            "is required for the nats transport, e.g. \"nats://127.0.0.1:4222\"",
+            "is required for the nats and amqp transports, e.g. \"nats://127.0.0.1:4222\"",
         );
         problems.check(self.max_attempts > 0, "messaging.max_attempts", "must be at least 1");
         problems.check(self.concurrency > 0, "messaging.concurrency", "must be at least 1");
@@ -716,6 +721,14 @@ pub async fn connect(config: &MessagingConfig) -> Result<Arc<dyn Transport>, Mes
         #[cfg(feature = "nats")]
         "nats" => Ok(Arc::new(
             NatsTransport::connect(config.url.as_deref().unwrap_or("nats://127.0.0.1:4222"), config).await?,
+        )),
+        #[cfg(feature = "amqp")]
+        "amqp" => Ok(Arc::new(
+            AmqpTransport::connect(
+                config.url.as_deref().unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f"),
+                config,
+            )
+            .await?,
         )),
         other => Err(MessagingError::transport(
             "config",
