@@ -9,6 +9,9 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chassis::health::{Check, CheckResult};
+{%- if messaging != "none" %}
+use chassis::http::Problem;
+{%- endif %}
 use chassis::idempotency::{IdempotencyConfig, IdempotencyLayer, IdempotencyStore};
 {%- if messaging != "none" %}
 use chassis::messaging::{Bus, Event, Incoming, Message};
@@ -99,7 +102,10 @@ struct Order {
 }
 
 /// Creates an order. Guarded by `Idempotency-Key`: a retried request gets the first answer.
-async fn place_order(State(state): State<AppState>, Json(order): Json<NewOrder>) -> impl IntoResponse {
+async fn place_order(
+    State(state): State<AppState>,
+    Json(order): Json<NewOrder>,
+) -> impl IntoResponse {
     let id = state.orders.fetch_add(1, Ordering::SeqCst) + 1;
 {%- if messaging != "none" %}
     let event = OrderPlaced {
@@ -108,11 +114,16 @@ async fn place_order(State(state): State<AppState>, Json(order): Json<NewOrder>)
     };
     if let Err(error) = state.bus.publish(&event).await {
         tracing::error!(%error, "publishing OrderPlaced failed");
-        return chassis::http::Problem::new(StatusCode::SERVICE_UNAVAILABLE, "bus-unavailable", "Try again shortly")
-            .into_response();
+        let title = "Could not record the order; try again";
+        let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "bus-unavailable", title);
+        return problem.into_response();
     }
 {%- endif %}
-    (StatusCode::CREATED, Json(Order { id, item: order.item })).into_response()
+    let order = Order {
+        id,
+        item: order.item,
+    };
+    (StatusCode::CREATED, Json(order)).into_response()
 }
 {%- if downstream_client %}
 
@@ -120,7 +131,10 @@ async fn place_order(State(state): State<AppState>, Json(order): Json<NewOrder>)
 /// circuit breaker).
 async fn downstream(State(state): State<AppState>) -> impl IntoResponse {
     match state.downstream.get("/health/live").await {
-        Ok(response) => (StatusCode::OK, format!("downstream answered {}", response.status())).into_response(),
+        Ok(response) => {
+            let status = response.status();
+            (StatusCode::OK, format!("downstream answered {status}")).into_response()
+        }
         Err(error) => (StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
     }
 }
@@ -128,7 +142,9 @@ async fn downstream(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn idempotency_store(settings: &Settings) -> chassis::Result<Arc<dyn IdempotencyStore>> {
 {%- if idempotency_store == "redis" %}
-    Ok(Arc::new(chassis::idempotency::RedisStore::connect(&settings.redis_url, "{{crate_name}}").await?))
+    let url = &settings.redis_url;
+    let store = chassis::idempotency::RedisStore::connect(url, env!("CARGO_PKG_NAME")).await?;
+    Ok(Arc::new(store))
 {%- elsif idempotency_store == "postgres" %}
     let store = chassis::idempotency::PostgresStore::connect(&settings.database_url).await?;
     store.migrate().await?;
@@ -168,7 +184,8 @@ pub async fn init(ctx: chassis::Context<Settings>) -> chassis::Result<Router> {
     .await?;
 {%- endif %}
 
-    let idempotency = IdempotencyLayer::new(idempotency_store(&settings).await?, IdempotencyConfig::default())?;
+    let store = idempotency_store(&settings).await?;
+    let idempotency = IdempotencyLayer::new(store, IdempotencyConfig::default())?;
     let routes = Router::new()
         .route("/hello/{name}", get(hello))
         .route("/orders", post(place_order).layer(idempotency));

@@ -1,13 +1,17 @@
 //! Starts the service on free ports and checks a route, readiness and metrics.
+{%- if downstream_client %}
+
+const DOWNSTREAM: &str = "http://127.0.0.1:9";
+{%- endif %}
 
 #[tokio::test]
 async fn serves_routes_health_and_metrics() {
-    let service = chassis::testing::spawn_with(
-        chassis::testing::options(){% if downstream_client %}.configure(|l| l.set("clients.downstream.base_url", "http://127.0.0.1:9"))
-        {%- endif %},
-        {{crate_name}}::init,
-    )
-    .await;
+    let options = chassis::testing::options();
+{%- if downstream_client %}
+    // Nothing listens there: the sample client is configured, not called.
+    let options = options.configure(|l| l.set("clients.downstream.base_url", DOWNSTREAM));
+{%- endif %}
+    let service = chassis::testing::spawn_with(options, {{crate_name}}::init).await;
     let http = reqwest::Client::new();
 
     let hello = http
@@ -16,7 +20,8 @@ async fn serves_routes_health_and_metrics() {
         .await
         .unwrap();
     assert_eq!(hello.status(), 200);
-    assert_eq!(hello.text().await.unwrap(), r#"{"message":"Hello, world!"}"#);
+    let body = hello.text().await.unwrap();
+    assert_eq!(body, r#"{"message":"Hello, world!"}"#);
 
     let order = |key: &'static str| {
         http.post(format!("http://{}/orders", service.http_addr()))
@@ -28,7 +33,8 @@ async fn serves_routes_health_and_metrics() {
     let first = order("order-1").await.unwrap();
     assert_eq!(first.status(), 201);
     let again = order("order-1").await.unwrap();
-    assert_eq!(again.headers()["idempotent-replayed"], "true", "a retry is answered, not executed");
+    // A retry is answered from the store, not executed again.
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
 
     let ready = http
         .get(format!("http://{}/health/ready", service.admin_addr()))
@@ -45,7 +51,7 @@ async fn serves_routes_health_and_metrics() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("http_server_request_duration_seconds_bucket{"), "{metrics}");
+    assert!(metrics.contains("http_server_request_duration_seconds_bucket{"));
 
     service.stop().await;
 }
