@@ -57,10 +57,21 @@ pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 ///     .service_defaults("orders", "1.2.0")
 ///     .configure(|loader| loader.set("http.port", 0).set("admin.port", 0));
 /// ```
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Options {
     loader: ConfigLoader,
     worker_threads: Option<usize>,
+    transport: Option<std::sync::Arc<dyn crate::messaging::Transport>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("loader", &self.loader)
+            .field("worker_threads", &self.worker_threads)
+            .field("transport", &self.transport.as_ref().map(|t| t.name()))
+            .finish()
+    }
 }
 
 impl Options {
@@ -88,6 +99,13 @@ impl Options {
     /// Adjusts the config loader: extra files, defaults, overrides.
     pub fn configure(mut self, adjust: impl FnOnce(ConfigLoader) -> ConfigLoader) -> Self {
         self.loader = adjust(self.loader);
+        self
+    }
+
+    /// Uses this message transport instead of connecting the one `[messaging]` names: several
+    /// services started in one process (examples, tests) share one in-memory bus this way.
+    pub fn transport(mut self, transport: std::sync::Arc<dyn crate::messaging::Transport>) -> Self {
+        self.transport = Some(transport);
         self
     }
 
@@ -333,7 +351,10 @@ where
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let clients = Clients::new(chassis.clients.clone(), breakers);
-    let transport = crate::messaging::connect(&chassis.messaging).await?;
+    let transport = match options.transport {
+        Some(transport) => transport,
+        None => crate::messaging::connect(&chassis.messaging).await?,
+    };
     {
         let transport = transport.clone();
         let name = format!("messaging:{}", transport.name());
