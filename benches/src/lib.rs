@@ -12,3 +12,11 @@ pub fn routes() -> Router {
         )
         .route("/health", get(|| async { "ok" }))
 }
+
+/// `POST /payments` answering 201, for the idempotency load runs.
+pub fn payments() -> Router {
+    Router::new().route(
+        "/payments",
+        axum::routing::post(|| async { (axum::http::StatusCode::CREATED, r#"{"id":1}"#) }),
+    )
+}

@@ -34,8 +34,42 @@ fn main() -> ExitCode {
                 Ok(chassis_benches::routes())
             })
         }
+        "idempotency-none" | "idempotency-memory" | "idempotency-redis" | "idempotency-postgres" => {
+            let store = mode.trim_start_matches("idempotency-").to_owned();
+            let options = chassis::Options::new()
+                .service_defaults("bench", "0.0.0")
+                .configure(|loader| {
+                    loader
+                        .set("http.host", "127.0.0.1")
+                        .set("http.port", port)
+                        .set("admin.port", 0)
+                        .set("telemetry.log_level", "warn")
+                        .set("shutdown.readiness_delay", "0s")
+                });
+            chassis::run(options, move |_: chassis::Context<()>| async move {
+                use std::sync::Arc;
+                let store: Arc<dyn chassis::idempotency::IdempotencyStore> = match store.as_str() {
+                    "none" => return Ok(chassis_benches::payments()),
+                    "memory" => Arc::new(chassis::idempotency::MemoryStore::new(10_000_000)),
+                    "redis" => {
+                        Arc::new(chassis::idempotency::RedisStore::connect("redis://127.0.0.1:6379", "bench").await?)
+                    }
+                    _ => {
+                        let store =
+                            chassis::idempotency::PostgresStore::connect("postgres://postgres@127.0.0.1:5432/test")
+                                .await?;
+                        store.migrate().await?;
+                        Arc::new(store)
+                    }
+                };
+                let layer = chassis::idempotency::IdempotencyLayer::new(store, Default::default())?;
+                Ok(chassis_benches::payments().layer(layer))
+            })
+        }
         _ => {
-            eprintln!("usage: bench-server <bare|chassis> [port]");
+            eprintln!(
+                "usage: bench-server <bare|chassis|idempotency-none|idempotency-memory|idempotency-redis|idempotency-postgres> [port]"
+            );
             ExitCode::FAILURE
         }
     }
