@@ -380,3 +380,41 @@ async fn postgres_records_the_message_in_the_handlers_transaction() {
         .unwrap();
     assert_eq!(rows, 1, "three deliveries, one crash: the effect happened exactly once");
 }
+
+#[tokio::test]
+async fn a_panicking_handler_releases_the_key_so_the_retry_runs() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    let service = spawn(move |_: Context<()>| async move {
+        let layer = IdempotencyLayer::new(Arc::new(MemoryStore::default()), IdempotencyConfig::default())?;
+        let handler = move || {
+            let counter = counter.clone();
+            async move {
+                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("first attempt crashes");
+                }
+                StatusCode::CREATED
+            }
+        };
+        Ok(Router::new().route("/jobs", post(handler)).layer(layer))
+    })
+    .await;
+    let url = format!("http://{}/jobs", service.http_addr());
+    let http = reqwest::Client::new();
+    let send = || http.post(&url).header("idempotency-key", "job-1").send();
+    assert_eq!(send().await.unwrap().status(), 500);
+    // The release runs as the panic unwinds; retry until it has landed.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = send().await.unwrap().status().as_u16();
+        if status != 409 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 201, "the retry ran the handler again");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(send().await.unwrap().status(), 201, "and is replayed from now on");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    service.stop().await;
+}
