@@ -471,7 +471,9 @@ async fn delete_amqp(namespace: String) {
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
-    for group in ["billing", "shipping", "mailer", "workers", "flaky", "crashy", "traced"] {
+    for group in [
+        "billing", "shipping", "mailer", "workers", "flaky", "crashy", "traced", "survivor",
+    ] {
         let queue = format!("{namespace}.{group}.{}", OrderPlaced::TYPE);
         let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
     }
@@ -510,6 +512,88 @@ async fn amqp_redelivers_and_continues_the_trace() {
         redelivery_and_trace(harness).await;
         delete_amqp(namespace).await;
     }
+}
+
+/// Closes, from the broker's side, the connections whose client properties mention `needle`.
+async fn close_connections(needle: &str) -> usize {
+    let listing = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "--quiet",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .await
+        .expect("rabbitmqctl (it comes with the rabbitmq-server package)");
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let mut closed = 0;
+    for line in listing.lines().filter(|l| l.contains(needle)) {
+        let name = line.split('\t').next().unwrap().trim();
+        let status = tokio::process::Command::new("rabbitmqctl")
+            .args(["close_connection", name, "chassis test: connection cut by the broker"])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "closing {name}");
+        closed += 1;
+    }
+    closed
+}
+
+#[tokio::test]
+async fn amqp_recovers_when_the_broker_closes_the_connection_and_loses_nothing() {
+    let Some((harness, namespace)) = amqp().await else {
+        return;
+    };
+    let bus = harness.bus;
+    let stop = CancellationToken::new();
+    let seen: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
+    let s = seen.clone();
+    bus.subscribe(
+        "survivor",
+        move |incoming: Incoming<OrderPlaced>| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().insert(incoming.message.order);
+                Ok::<_, String>(())
+            }
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let mut confirmed = BTreeSet::new();
+    for order in 0..10 {
+        bus.publish(&OrderPlaced { order }).await.unwrap();
+        confirmed.insert(order);
+    }
+    assert!(
+        close_connections(&namespace).await >= 1,
+        "the transport's connection was found and closed"
+    );
+    for order in 10..20 {
+        // A publish may fail while the connection is down; only confirmed ones must arrive.
+        match bus.publish(&OrderPlaced { order }).await {
+            Ok(_) => {
+                confirmed.insert(order);
+            }
+            Err(error) => eprintln!("publish {order} failed: {error}"),
+        }
+    }
+    assert!(confirmed.len() > 10, "publishing works again after the recovery");
+    let mut missing = confirmed.clone();
+    for _ in 0..200 {
+        missing = confirmed.difference(&seen.lock().unwrap()).copied().collect();
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(missing.is_empty(), "confirmed but never consumed: {missing:?}");
+    stop.cancel();
+    delete_amqp(namespace).await;
 }
 
 #[tokio::test]

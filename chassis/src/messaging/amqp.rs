@@ -12,6 +12,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use super::{Acker, Delivery, Kind, MessagingConfig, MessagingError, RawMessage, Subscription, Transport};
 use crate::http::BoxFuture;
 
+/// How long a publish waits for a dropped connection to come back before failing.
+const RECOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 fn error(e: impl std::fmt::Display) -> MessagingError {
     MessagingError::transport("amqp", e)
 }
@@ -20,7 +23,9 @@ fn error(e: impl std::fmt::Display) -> MessagingError {
 /// and event type (`{ns}.{group}.{type}`), a direct exchange `{ns}.commands` with a durable queue
 /// per command type, a direct exchange `{ns}.dead-letters` with a queue per group, persistent
 /// messages, publisher confirms, manual acknowledgements and a prefetch of one per consumer.
-/// Unacknowledged messages of a consumer that goes away are requeued by the broker.
+/// Unacknowledged messages of a consumer that goes away are requeued by the broker. After the
+/// broker drops the connection, lapin's auto-recovery reopens it with its channels and
+/// consumers; an interrupted publish is sent again once it is back.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), chassis::messaging::MessagingError> {
@@ -45,7 +50,13 @@ impl std::fmt::Debug for AmqpTransport {
 impl AmqpTransport {
     /// Connects to `url` and declares the exchanges.
     pub async fn connect(url: &str, config: &MessagingConfig) -> Result<Self, MessagingError> {
-        let connection = Connection::connect(url, ConnectionProperties::default())
+        // Auto-recovery reopens the connection, channels, queues and consumers after the broker
+        // drops them; publishing and consuming wait for it (see `wait_for_recovery` below).
+        let properties = ConnectionProperties::default()
+            // Shown by the management UI and `rabbitmqctl list_connections client_properties`.
+            .with_connection_name(LongString::from(format!("chassis {}", config.namespace)))
+            .enable_auto_recover();
+        let connection = Connection::connect(url, properties)
             .await
             .map_err(|e| error(format!("cannot connect to {url}: {e}")))?;
         let publisher = connection.create_channel().await.map_err(error)?;
@@ -152,30 +163,51 @@ impl AmqpTransport {
             .with_content_type("application/json".into())
             // Persistent: survives a broker restart.
             .with_delivery_mode(2);
-        let confirm = self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                key.into(),
-                BasicPublishOptions::default(),
-                &message.body,
-                properties,
-            )
-            .await
-            .map_err(error)?
-            .await
-            .map_err(|e| error(format!("the broker did not confirm the message: {e}")))?;
-        if confirm.is_nack() {
-            return Err(error("the broker refused the message (nack)"));
+        // A publish interrupted by a dropped connection is sent again once the connection is
+        // back: the caller only hears success after a confirmation (at least once, never lost).
+        let deadline = tokio::time::Instant::now() + RECOVERY_WAIT;
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            let result = async {
+                self.publisher
+                    .basic_publish(
+                        exchange.into(),
+                        key.into(),
+                        BasicPublishOptions::default(),
+                        &message.body,
+                        properties.clone(),
+                    )
+                    .await?
+                    .await
+            }
+            .await;
+            match result {
+                Ok(confirm) if confirm.is_nack() => return Err(error("the broker refused the message (nack)")),
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "publish interrupted; waiting for the connection to recover");
+                    // Waits for the recovery when lapin knows one is under way; the pause covers
+                    // the moments it is still reconnecting.
+                    let _ = self.publisher.wait_for_recovery(e).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(error(format!(
+                        "the broker did not confirm the message and the connection did not recover within {}s: {e}",
+                        RECOVERY_WAIT.as_secs()
+                    )));
+                }
+            }
         }
-        Ok(())
     }
 }
 
 struct AmqpSubscription {
     consumer: lapin::Consumer,
-    // Kept so the channel lives as long as the subscription; closing it requeues what is unacked.
-    _channel: Channel,
+    // Kept so the channel lives as long as the subscription (closing it requeues what is
+    // unacknowledged), and to wait for its recovery after a dropped connection.
+    channel: Channel,
 }
 
 struct AmqpAcker {
@@ -202,9 +234,17 @@ fn header_text(value: &AMQPValue) -> Option<String> {
 impl Subscription for AmqpSubscription {
     fn next(&mut self) -> BoxFuture<'_, Option<Result<Delivery, MessagingError>>> {
         Box::pin(async move {
-            let delivery = match self.consumer.next().await? {
-                Ok(delivery) => delivery,
-                Err(e) => return Some(Err(error(e))),
+            let delivery = loop {
+                match self.consumer.next().await? {
+                    Ok(delivery) => break delivery,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer interrupted; waiting for the connection to recover");
+                        // Deliveries not yet acknowledged are requeued by the broker and come again.
+                        if let Err(e) = self.channel.wait_for_recovery(e).await {
+                            return Some(Err(error(format!("the connection did not recover: {e}"))));
+                        }
+                    }
+                }
             };
             let headers = delivery
                 .properties
@@ -280,10 +320,7 @@ impl Transport for AmqpTransport {
                 )
                 .await
                 .map_err(|e| error(format!("cannot consume {queue}: {e}")))?;
-            Ok(Box::new(AmqpSubscription {
-                consumer,
-                _channel: channel,
-            }) as Box<dyn Subscription>)
+            Ok(Box::new(AmqpSubscription { consumer, channel }) as Box<dyn Subscription>)
         })
     }
 
