@@ -2,7 +2,10 @@
 //! happened in, so logs and traces join up in any backend.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
+
+use tracing::dispatcher::WeakDispatch;
 
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use tracing::{Event, Level, Subscriber};
@@ -10,36 +13,43 @@ use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Json, Wri
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+/// The subscriber the formatter belongs to, set once it is built.
+///
+/// Asking `tracing` for the current dispatcher from inside an event callback returns none when
+/// the subscriber is a scoped default (re-entrancy guard), so the formatter keeps its own
+/// (weak, so there is no reference cycle) handle to the subscriber that owns it.
+pub(crate) type DispatchSlot = Arc<OnceLock<WeakDispatch>>;
+
 /// The ids of the innermost span around the event that has an OpenTelemetry context.
-fn trace_ids<S, N>(ctx: &FmtContext<'_, S, N>) -> Option<(TraceId, SpanId)>
+fn trace_ids<S, N>(ctx: &FmtContext<'_, S, N>, slot: &DispatchSlot) -> Option<(TraceId, SpanId)>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    let mut scope = Some(ctx.event_scope()?);
-    tracing::dispatcher::get_default(|dispatch| {
-        for span in scope.take()? {
-            if let Some(cx) = tracing_opentelemetry::get_otel_context(&span.id(), dispatch) {
-                let span_context = cx.span().span_context().clone();
-                if span_context.is_valid() {
-                    return Some((span_context.trace_id(), span_context.span_id()));
-                }
+    let scope = ctx.event_scope()?;
+    let dispatch = slot.get().and_then(WeakDispatch::upgrade)?;
+    for span in scope {
+        if let Some(cx) = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch) {
+            let span_context = cx.span().span_context().clone();
+            if span_context.is_valid() {
+                return Some((span_context.trace_id(), span_context.span_id()));
             }
         }
-        None
-    })
+    }
+    None
 }
 
 /// Human-readable lines:
 /// `2026-11-25T10:00:00.123Z  INFO HTTP request{...}: my_service: message k=v trace_id=… span_id=…`
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct TextFormat {
     ansi: bool,
+    dispatch: DispatchSlot,
 }
 
 impl TextFormat {
-    pub(crate) fn new(ansi: bool) -> Self {
-        Self { ansi }
+    pub(crate) fn new(ansi: bool, dispatch: DispatchSlot) -> Self {
+        Self { ansi, dispatch }
     }
 
     fn level(&self, level: &Level) -> (&'static str, &'static str) {
@@ -70,7 +80,7 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        let ids = trace_ids(ctx);
+        let ids = trace_ids(ctx, &self.dispatch);
         let (dim, reset) = if self.ansi { ("\x1b[2m", "\x1b[0m") } else { ("", "") };
         let meta = event.metadata();
         let (level, color) = self.level(meta.level());
@@ -103,12 +113,14 @@ where
 /// tracing-subscriber's JSON lines with `trace_id` and `span_id` added as top-level members.
 pub(crate) struct JsonWithTraceIds {
     inner: format::Format<Json>,
+    dispatch: DispatchSlot,
 }
 
 impl JsonWithTraceIds {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(dispatch: DispatchSlot) -> Self {
         Self {
             inner: format::format().json().with_current_span(true).with_span_list(false),
+            dispatch,
         }
     }
 }
@@ -119,7 +131,7 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        let Some((trace_id, span_id)) = trace_ids(ctx) else {
+        let Some((trace_id, span_id)) = trace_ids(ctx, &self.dispatch) else {
             return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::with_capacity(256);
@@ -128,5 +140,79 @@ where
             Some(rest) => write!(writer, "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"),
             None => writer.write_str(&line),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Logs one event inside a span and returns the line, with the span's trace id.
+    fn log_in_span(json: bool) -> (String, String) {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || writer.clone());
+        let slot = DispatchSlot::default();
+        let fmt = if json {
+            fmt.event_format(JsonWithTraceIds::new(slot.clone()))
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .boxed()
+        } else {
+            fmt.event_format(TextFormat::new(false, slot.clone())).boxed()
+        };
+        // The order of `telemetry::init`: the formatter first, the OpenTelemetry layer after.
+        let subscriber = tracing_subscriber::registry().with(fmt).with(otel);
+        let dispatch = tracing::Dispatch::new(subscriber);
+        slot.set(dispatch.downgrade()).unwrap();
+        let trace_id = tracing::dispatcher::with_default(&dispatch, || {
+            let span = tracing::info_span!("request");
+            let _entered = span.enter();
+            tracing::info!(answer = 42, "handled");
+            use opentelemetry::trace::TraceContextExt as _;
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            span.context().span().span_context().trace_id().to_string()
+        });
+        let line = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        (line, trace_id)
+    }
+
+    #[test]
+    fn text_lines_carry_the_trace_and_span_ids() {
+        let (line, trace_id) = log_in_span(false);
+        assert!(line.contains("handled"), "{line}");
+        assert!(line.contains("answer=42"), "{line}");
+        assert!(line.contains(&format!("trace_id={trace_id}")), "{line}");
+        assert!(line.contains("span_id="), "{line}");
+    }
+
+    #[test]
+    fn json_lines_carry_the_trace_and_span_ids() {
+        let (line, trace_id) = log_in_span(true);
+        let value: serde_json::Value = serde_json::from_str(line.trim()).expect(&line);
+        assert_eq!(value["trace_id"], trace_id.as_str(), "{line}");
+        assert_eq!(value["span_id"].as_str().map(str::len), Some(16), "{line}");
     }
 }

@@ -36,7 +36,6 @@ use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 pub use propagation::{HeaderExtractor, HeaderInjector, extract_context, inject_context, propagator};
 pub use request_id::{REQUEST_ID_HEADER, RequestId, RequestIdLayer, SetRequestId};
@@ -261,16 +260,17 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
         _ => EnvFilter::builder().parse_lossy(&config.log_level),
     };
     let trace_filter = EnvFilter::builder().parse_lossy(&config.trace_level);
+    let slot = format::DispatchSlot::default();
     let fmt_layer = match config.log_format {
         LogFormat::Text => {
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
             tracing_subscriber::fmt::layer()
                 .with_ansi(ansi)
-                .event_format(format::TextFormat::new(ansi))
+                .event_format(format::TextFormat::new(ansi, slot.clone()))
                 .boxed()
         }
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .event_format(format::JsonWithTraceIds::new())
+            .event_format(format::JsonWithTraceIds::new(slot.clone()))
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .boxed(),
     };
@@ -282,11 +282,13 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
         .with_threads(false)
         .with_target(false);
 
-    let installed = tracing_subscriber::registry()
-        .with(fmt_layer.with_filter(log_filter))
-        .with(otel_layer.with_filter(trace_filter))
-        .try_init()
-        .is_ok();
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(fmt_layer.with_filter(log_filter))
+            .with(otel_layer.with_filter(trace_filter)),
+    );
+    let _ = slot.set(dispatch.downgrade());
+    let installed = tracing::dispatcher::set_global_default(dispatch).is_ok();
     let _ = INSTALLED.set(());
     if !installed {
         // Someone else owns the global subscriber; our provider would never see a span.
