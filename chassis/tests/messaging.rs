@@ -597,6 +597,54 @@ async fn amqp_recovers_when_the_broker_closes_the_connection_and_loses_nothing()
 }
 
 #[tokio::test]
+async fn nats_recovers_after_the_connection_drops_and_loses_nothing() {
+    let Some(mut harness) = nats().await else { return };
+    let cleanup = harness.cleanup.take();
+    let (transport, _) = cleanup.clone().unwrap();
+    let bus = harness.bus;
+    let stop = CancellationToken::new();
+    let seen: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
+    let s = seen.clone();
+    bus.subscribe(
+        "survivor",
+        move |incoming: Incoming<OrderPlaced>| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().insert(incoming.message.order);
+                Ok::<_, String>(())
+            }
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let mut confirmed = BTreeSet::new();
+    for order in 0..10 {
+        bus.publish(&OrderPlaced { order }).await.unwrap();
+        confirmed.insert(order);
+    }
+    // Drops the TCP connection; the client reconnects and the pull consumers resume.
+    transport.client().force_reconnect().await.unwrap();
+    for order in 10..20 {
+        if bus.publish(&OrderPlaced { order }).await.is_ok() {
+            confirmed.insert(order);
+        }
+    }
+    assert!(confirmed.len() > 10, "publishing works again after the reconnect");
+    let mut missing = confirmed.clone();
+    for _ in 0..200 {
+        missing = confirmed.difference(&seen.lock().unwrap()).copied().collect();
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(missing.is_empty(), "confirmed but never consumed: {missing:?}");
+    stop.cancel();
+    delete_streams(cleanup).await;
+}
+
+#[tokio::test]
 async fn subscriptions_from_the_context_drain_at_shutdown() {
     let handled = Arc::new(AtomicU32::new(0));
     let h = handled.clone();

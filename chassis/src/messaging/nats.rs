@@ -106,6 +106,11 @@ impl NatsTransport {
         format!("{}.deadletter.{}", self.namespace, token(group))
     }
 
+    /// The NATS client (connection state, statistics, forcing a reconnect).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// The underlying JetStream context (to read dead letters, inspect streams).
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.jetstream
