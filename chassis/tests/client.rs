@@ -14,7 +14,7 @@ use axum::routing::get;
 use chassis::Context;
 use chassis::client::ClientError;
 use chassis::http::Problem;
-use chassis::resilience::circuit_breaker::{CircuitOpen, State as BreakerState};
+use chassis::resilience::circuit_breaker::CircuitOpen;
 use chassis::testing::{options, spawn, spawn_with};
 
 #[derive(Clone, Default)]
@@ -162,5 +162,4 @@ async fn an_unknown_client_name_says_which_are_configured() {
     .await
     .unwrap_err();
     assert!(error.to_string().contains("[clients.nope]"), "{error}");
-    let _ = BreakerState::Closed;
 }

@@ -261,13 +261,21 @@ pub fn admin_router(
     }
 }
 
-async fn bind(addr: SocketAddr, listener: &'static str, key: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+/// Binds `addr` and returns the listener with the address it got (the real port for port 0).
+async fn bind(
+    addr: SocketAddr,
+    listener: &'static str,
+    key: &'static str,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let error = |source| StartError::Bind {
         listener,
         addr,
         key,
         source,
-    })
+    };
+    let bound = TcpListener::bind(addr).await.map_err(error)?;
+    let local = bound.local_addr().map_err(error)?;
+    Ok((bound, local))
 }
 
 /// Hands every connection its own [`InboundService`] carrying the peer address.
@@ -323,13 +331,7 @@ where
     };
     let health = HealthRegistry::for_service(chassis.health.clone(), &chassis.service.name, &chassis.service.version);
 
-    let main_listener = bind(chassis.http.addr(), "http", "http.port").await?;
-    let http_addr = main_listener.local_addr().map_err(|source| StartError::Bind {
-        listener: "http",
-        addr: chassis.http.addr(),
-        key: "http.port",
-        source,
-    })?;
+    let (main_listener, http_addr) = bind(chassis.http.addr(), "http", "http.port").await?;
     let breakers = CircuitBreakerRegistry::new();
     health.register(breakers.health_check());
     let admin = admin_router(health.clone(), metrics.clone(), breakers.clone());
@@ -337,13 +339,7 @@ where
     let (admin_addr, admin_server) = if chassis.admin.shared {
         (http_addr, None)
     } else {
-        let listener = bind(chassis.admin.addr(), "admin", "admin.port").await?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            listener: "admin",
-            addr: chassis.admin.addr(),
-            key: "admin.port",
-            source,
-        })?;
+        let (listener, addr) = bind(chassis.admin.addr(), "admin", "admin.port").await?;
         let serve = axum::serve(listener, admin.clone()).with_graceful_shutdown(admin_stop.clone().cancelled_owned());
         (addr, Some(tokio::spawn(serve.into_future())))
     };
