@@ -30,6 +30,7 @@ pub mod messaging;
 pub mod metrics;
 pub mod resilience;
 pub mod runtime;
+pub mod saga;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -59,4 +60,6 @@ mod guide {
     struct Idempotency;
     #[doc = include_str!("../../docs/src/errors.md")]
     struct Errors;
+    #[doc = include_str!("../../docs/src/saga.md")]
+    struct Saga;
 }

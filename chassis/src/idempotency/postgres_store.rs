@@ -31,6 +31,16 @@ fn error(e: impl std::fmt::Display) -> StoreError {
     StoreError::new("postgres", e)
 }
 
+/// The small pool the chassis' PostgreSQL stores open for themselves.
+pub(crate) async fn connect_pool(url: &str) -> Result<PgPool, String> {
+    PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))
+}
+
 fn millis(duration: Duration) -> i64 {
     (duration.as_millis() as i64).max(1)
 }
@@ -38,12 +48,7 @@ fn millis(duration: Duration) -> i64 {
 impl PostgresStore {
     /// Connects a small pool to `url`.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect(url)
-            .await
-            .map_err(|e| error(format!("cannot connect: {e}")))?;
+        let pool = connect_pool(url).await.map_err(error)?;
         Ok(Self { pool })
     }
 
