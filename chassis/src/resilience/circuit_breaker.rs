@@ -222,7 +222,7 @@ impl State {
 
 /// The breaker rejected the call without making it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("circuit breaker {breaker:?} is {}; not calling it for {}", state.as_str(), crate::config::duration::format(retry_after))]
+#[error("circuit breaker {breaker:?} is {}; not calling it for {}", state.as_str(), crate::config::duration::format(&std::time::Duration::from_millis(retry_after.as_millis() as u64)))]
 pub struct CircuitOpen {
     /// The breaker's name.
     pub breaker: Arc<str>,

@@ -1,17 +1,61 @@
-//! An event-driven shop on the chassis: an API gateway in front of orders, inventory, payments
-//! and notifications, which talk through events (fan-out, choreography with compensation) and
-//! call each other over HTTP through the chassis client (retries, circuit breakers).
-//!
-//! `start` runs the whole system in one process on a shared in-memory bus.
-
-pub mod events;
-pub mod gateway;
-pub mod services;
+//! The whole shop in one process: the six services of `examples/`, each an ordinary chassis
+//! service, started side by side on loopback. On [`Backend::Memory`] they share one in-memory
+//! bus and keep their stores in memory; on [`Backend::Broker`] each connects to the broker and
+//! stores named by its config, exactly as it would as a separate process.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chassis::messaging::{MemoryTransport, Transport};
 use chassis::{Options, RunningService};
+
+/// Where messages and state live.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// One in-memory bus shared by the services; stores in memory.
+    Memory,
+    /// A broker and a database, selected by config: `messaging.transport`, `messaging.url`,
+    /// `messaging.namespace`, `store.kind`, `store.url`.
+    Broker {
+        /// `amqp` (RabbitMQ) or `nats` (JetStream).
+        transport: String,
+        /// The broker's URL.
+        url: String,
+        /// Prefix of queues, streams and subjects.
+        namespace: String,
+        /// `redis` or `postgres` (the orchestrator's sagas need `postgres`).
+        store: String,
+        /// The store's URL.
+        store_url: String,
+    },
+}
+
+/// How to start the shop.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The gateway's port, the others on the next five; 0 picks free ports.
+    pub base_port: u16,
+    /// Messages and state.
+    pub backend: Backend,
+    /// The gateway's limit for one attempt of a downstream call. Default 1 s.
+    pub call_timeout: Duration,
+    /// The orchestrator's limit for one attempt of a saga step. Default 2 s.
+    pub step_timeout: Duration,
+    /// Further `(key, value)` config overrides for every service, e.g. an OTLP endpoint.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            base_port: 8080,
+            backend: Backend::Memory,
+            call_timeout: Duration::from_secs(1),
+            step_timeout: Duration::from_secs(2),
+            overrides: Vec::new(),
+        }
+    }
+}
 
 /// The running system.
 #[derive(Debug)]
@@ -26,66 +70,127 @@ pub struct System {
     pub payments: RunningService,
     /// Sends messages.
     pub notifications: RunningService,
+    /// Runs checkouts as sagas.
+    pub orchestrator: RunningService,
 }
 
-fn options(name: &str, port: u16, bus: &Arc<dyn Transport>) -> Options {
-    Options::new()
-        .service_defaults(name, env!("CARGO_PKG_VERSION"))
-        .transport(bus.clone())
-        .configure(move |loader| {
-            loader
+fn ms(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
+
+impl Setup {
+    fn options(&self, name: &str, offset: u16, bus: &Arc<dyn Transport>) -> Options {
+        let port = if self.base_port == 0 {
+            0
+        } else {
+            self.base_port + offset
+        };
+        let mut options = Options::new().service_defaults(name, env!("CARGO_PKG_VERSION"));
+        let keeps_state = name != "gateway";
+        if let Backend::Memory = self.backend {
+            options = options.transport(bus.clone());
+        }
+        let (backend, overrides) = (self.backend.clone(), self.overrides.clone());
+        options.configure(move |mut loader| {
+            loader = loader
                 .set("http.host", "127.0.0.1")
                 .set("http.port", port)
                 .set("admin.host", "127.0.0.1")
                 .set("admin.port", 0)
-                .set("shutdown.readiness_delay", "0s")
+                .set("shutdown.readiness_delay", "0s");
+            if let Backend::Broker {
+                transport,
+                url,
+                namespace,
+                store,
+                store_url,
+            } = backend
+            {
+                loader = loader
+                    .set("messaging.transport", transport)
+                    .set("messaging.url", url)
+                    .set("messaging.namespace", namespace);
+                // The gateway keeps no state.
+                if keeps_state {
+                    loader = loader.set("store.kind", store).set("store.url", store_url);
+                }
+            }
+            for (key, value) in overrides {
+                loader = loader.set(&key, value);
+            }
+            loader
         })
-}
+    }
 
-/// Starts the five services; `base_port` 0 picks free ports (tests), otherwise the gateway gets
-/// `base_port` and the others the next four.
-pub async fn start(base_port: u16) -> Result<System, chassis::runtime::StartError> {
-    let bus: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
-    let port = |offset: u16| if base_port == 0 { 0 } else { base_port + offset };
-    let orders = chassis::start(options("orders", port(1), &bus), services::orders).await?;
-    let inventory = chassis::start(options("inventory", port(2), &bus), services::inventory).await?;
-    let payments = chassis::start(options("payments", port(3), &bus), services::payments).await?;
-    let notifications = chassis::start(options("notifications", port(4), &bus), services::notifications).await?;
-    let urls = [
-        ("orders", orders.http_addr()),
-        ("payments", payments.http_addr()),
-        ("inventory", inventory.http_addr()),
-    ];
-    let gateway_options = options("gateway", port(0), &bus).configure(move |mut loader| {
-        for (name, addr) in urls {
-            let key = |k: &str| format!("clients.{name}.{k}");
-            loader = loader
-                .set(&key("base_url"), format!("http://{addr}"))
-                .set(&key("attempt_timeout"), "1s")
-                .set(&key("timeout"), "3s")
-                .set(&key("retry.max_retries"), 1)
-                .set(&key("retry.base_delay"), "10ms")
-                .set(&key("circuit_breaker.consecutive_failures"), 3)
-                .set(&key("circuit_breaker.open_duration"), "5s")
-                .set(&key("circuit_breaker.half_open_calls"), 1);
-        }
-        loader
-    });
-    let gateway = chassis::start(gateway_options, gateway::gateway).await?;
-    Ok(System {
-        gateway,
-        orders,
-        inventory,
-        payments,
-        notifications,
-    })
+    /// Points `[clients.<name>]` at each running service, with the shop's timeouts, one retry
+    /// and a breaker that opens after three failures in a row.
+    fn clients(options: Options, timeout: Duration, targets: Vec<(&'static str, std::net::SocketAddr)>) -> Options {
+        options.configure(move |mut loader| {
+            for (name, addr) in targets {
+                let key = |k: &str| format!("clients.{name}.{k}");
+                loader = loader
+                    .set(&key("base_url"), format!("http://{addr}"))
+                    .set(&key("attempt_timeout"), ms(timeout))
+                    .set(&key("timeout"), ms(timeout * 3))
+                    .set(&key("retry.max_retries"), 1)
+                    .set(&key("retry.base_delay"), "10ms")
+                    .set(&key("circuit_breaker.consecutive_failures"), 3)
+                    .set(&key("circuit_breaker.open_duration"), "5s")
+                    .set(&key("circuit_breaker.half_open_calls"), 1);
+            }
+            loader
+        })
+    }
+
+    /// Starts the six services.
+    pub async fn start(&self) -> Result<System, chassis::runtime::StartError> {
+        let bus: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
+        let orders = chassis::start(self.options("orders", 1, &bus), shop_orders::service).await?;
+        let inventory = chassis::start(self.options("inventory", 2, &bus), shop_inventory::service).await?;
+        let payments = chassis::start(self.options("payments", 3, &bus), shop_payments::service).await?;
+        let notifications = chassis::start(self.options("notifications", 4, &bus), shop_notifications::service).await?;
+        let step_timeout = ms(self.step_timeout);
+        let orchestrator_options = Self::clients(
+            self.options("orchestrator", 5, &bus),
+            self.step_timeout,
+            vec![("inventory", inventory.http_addr()), ("payments", payments.http_addr())],
+        )
+        .configure(move |loader| loader.set("step_timeout", step_timeout));
+        let orchestrator = chassis::start(orchestrator_options, shop_orchestrator::service).await?;
+        let gateway_options = Self::clients(
+            self.options("gateway", 0, &bus),
+            self.call_timeout,
+            vec![
+                ("orders", orders.http_addr()),
+                ("payments", payments.http_addr()),
+                ("inventory", inventory.http_addr()),
+                ("orchestrator", orchestrator.http_addr()),
+            ],
+        )
+        .configure(|loader| loader.set("jwt.secrets", vec!["demo-secret"]));
+        let gateway = chassis::start(gateway_options, shop_gateway::service).await?;
+        Ok(System {
+            gateway,
+            orders,
+            inventory,
+            payments,
+            notifications,
+            orchestrator,
+        })
+    }
 }
 
 impl System {
     /// Stops every service, the gateway first.
     pub async fn stop(self) {
         self.gateway.stop().await;
-        for service in [self.orders, self.inventory, self.payments, self.notifications] {
+        for service in [
+            self.orchestrator,
+            self.orders,
+            self.inventory,
+            self.payments,
+            self.notifications,
+        ] {
             service.stop().await;
         }
     }
