@@ -31,6 +31,7 @@ use chassis::idempotency::IdempotencyLayer;
 use chassis::messaging::Bus;
 use chassis::saga::{Saga, SagaRecord, Step, StepContext};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use serde_json::json;
 use shop_contract::events::SendNotification;
 use shop_contract::{StoreSettings, not_found};
@@ -236,13 +237,14 @@ async fn start(State(o): State<Orchestrator>, Json(new): Json<NewCheckout>) -> a
     let id = checkout.id.clone();
     let saga = o.saga.clone();
     // The saga runs on after the answer: a tracked task, so shutdown lets it finish, and a
-    // crash leaves it to `resume_stalled`.
-    o.ctx.spawn(async move {
+    // crash leaves it to `resume_stalled`. It stays in the request's trace.
+    let run = async move {
         match saga.start(&checkout.id, checkout.clone()).await {
             Ok(outcome) => tracing::info!(checkout = %checkout.id, ?outcome, "checkout finished"),
             Err(error) => tracing::error!(checkout = %checkout.id, %error, "checkout saga stopped"),
         }
-    });
+    };
+    o.ctx.spawn(run.in_current_span());
     let location = format!("/checkouts/{id}");
     (
         StatusCode::ACCEPTED,

@@ -282,3 +282,25 @@ async fn the_shop_on_rabbitmq_and_postgresql() {
     }))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shop_on_nats_and_postgresql() {
+    let nats = env_or("NATS_URL", "nats://127.0.0.1:4222");
+    let postgres = env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
+    if !(reachable(&nats, 4222).await && reachable(&postgres, 5432).await) {
+        assert!(
+            std::env::var("CI").is_err(),
+            "NATS ({nats}) and PostgreSQL ({postgres}) are required under CI"
+        );
+        eprintln!("skipping: NATS or PostgreSQL unreachable; CI=true makes this a failure");
+        return;
+    }
+    scenario(fast(Backend::Broker {
+        transport: "nats".into(),
+        url: nats,
+        namespace: format!("shop-test-{}", uuid::Uuid::new_v4().simple()),
+        store: "postgres".into(),
+        store_url: postgres,
+    }))
+    .await;
+}
