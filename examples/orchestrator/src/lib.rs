@@ -31,10 +31,10 @@ use chassis::idempotency::IdempotencyLayer;
 use chassis::messaging::Bus;
 use chassis::saga::{Saga, SagaRecord, Step, StepContext};
 use serde::{Deserialize, Serialize};
-use tracing::Instrument;
 use serde_json::json;
 use shop_contract::events::SendNotification;
 use shop_contract::{StoreSettings, not_found};
+use tracing::Instrument;
 
 /// The orchestrator's settings.
 #[derive(Debug, Clone, Deserialize)]

@@ -51,10 +51,17 @@ async fn a_trace_from_the_gateway_reaches_every_service_the_order_touched() {
 
     let order_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let order = json!({ "item": "book", "quantity": 1, "amount_cents": 1299 });
-    let placed: Value = traced("/orders", order_trace, "trace-order", order).await.unwrap().json().await.unwrap();
+    let placed: Value = traced("/orders", order_trace, "trace-order", order)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let checkout_trace = "5cf92f3577b34da6a3ce929d0e0e4737";
     let checkout = json!({ "item": "book", "quantity": 1, "amount_cents": 2500 });
-    let started = traced("/checkouts", checkout_trace, "trace-checkout", checkout).await.unwrap();
+    let started = traced("/checkouts", checkout_trace, "trace-checkout", checkout)
+        .await
+        .unwrap();
     assert_eq!(started.status(), 202);
     let started: Value = started.json().await.unwrap();
 
@@ -91,7 +98,11 @@ async fn a_trace_from_the_gateway_reaches_every_service_the_order_touched() {
     let all = receiver.spans();
 
     let order_spans = in_trace(&all, order_trace);
-    assert_eq!(servers(&order_spans, "POST /orders"), 2, "the gateway's and the orders service's");
+    assert_eq!(
+        servers(&order_spans, "POST /orders"),
+        2,
+        "the gateway's and the orders service's"
+    );
     let fan_out = consumers(&order_spans, "shop.order.placed");
     assert_eq!(
         fan_out,
@@ -102,7 +113,11 @@ async fn a_trace_from_the_gateway_reaches_every_service_the_order_touched() {
     assert!(consumers(&order_spans, "shop.payment.captured").contains("orders"));
 
     let checkout_spans = in_trace(&all, checkout_trace);
-    assert_eq!(servers(&checkout_spans, "POST /checkouts"), 2, "the gateway's and the orchestrator's");
+    assert_eq!(
+        servers(&checkout_spans, "POST /checkouts"),
+        2,
+        "the gateway's and the orchestrator's"
+    );
     assert_eq!(servers(&checkout_spans, "POST /reservations"), 1, "inventory");
     assert_eq!(servers(&checkout_spans, "POST /payments"), 1, "payments");
     // A command has one consumer group, named after the command.

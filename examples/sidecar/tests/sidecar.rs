@@ -101,20 +101,35 @@ async fn forwards_requests_and_answers_end_to_end() {
         .unwrap();
     assert_eq!(answer.status(), 201, "the app's status");
     assert_eq!(answer.headers()["x-app"], "yes", "the app's headers");
-    assert!(answer.headers().get("keep-alive").is_none(), "hop-by-hop headers stay behind");
-    assert!(answer.headers().get("x-request-id").is_some(), "the sidecar's edge answers");
+    assert!(
+        answer.headers().get("keep-alive").is_none(),
+        "hop-by-hop headers stay behind"
+    );
+    assert!(
+        answer.headers().get("x-request-id").is_some(),
+        "the sidecar's edge answers"
+    );
     let seen: Value = answer.json().await.unwrap();
     assert_eq!(seen["method"], "PUT");
     assert_eq!(seen["uri"], "/echo/a/b?x=1&y=2");
     assert_eq!(seen["body"], "the body");
     let headers = &seen["headers"];
     assert_eq!(headers["x-custom"], "for the app");
-    assert!(headers.get("x-private").is_none(), "headers named by Connection are dropped");
+    assert!(
+        headers.get("x-private").is_none(),
+        "headers named by Connection are dropped"
+    );
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(headers["x-forwarded-host"], proxy.http_addr().to_string());
     let traceparent = headers["traceparent"].as_str().unwrap();
-    assert!(traceparent.starts_with(&format!("00-{trace_id}-")), "the trace goes on: {traceparent}");
-    assert!(!traceparent.contains("00f067aa0ba902b7"), "with the sidecar's span as parent");
+    assert!(
+        traceparent.starts_with(&format!("00-{trace_id}-")),
+        "the trace goes on: {traceparent}"
+    );
+    assert!(
+        !traceparent.contains("00f067aa0ba902b7"),
+        "with the sidecar's span as parent"
+    );
     proxy.stop().await;
 }
 
@@ -123,13 +138,23 @@ async fn retries_idempotent_requests_only() {
     let (app, hits) = app().await;
     let proxy = sidecar(app, 1000).await;
     let http = reqwest::Client::new();
-    let flaky = http.get(format!("http://{}/flaky", proxy.http_addr())).send().await.unwrap();
+    let flaky = http
+        .get(format!("http://{}/flaky", proxy.http_addr()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(flaky.status(), 200, "the 503 was retried");
     assert_eq!(hits.flaky.load(Ordering::SeqCst), 2);
 
-    let payment = http.post(format!("http://{}/payments", proxy.http_addr())).body("50 EUR");
+    let payment = http
+        .post(format!("http://{}/payments", proxy.http_addr()))
+        .body("50 EUR");
     assert_eq!(payment.send().await.unwrap().status(), 503);
-    assert_eq!(hits.post.load(Ordering::SeqCst), 1, "a POST without Idempotency-Key is sent once");
+    assert_eq!(
+        hits.post.load(Ordering::SeqCst),
+        1,
+        "a POST without Idempotency-Key is sent once"
+    );
     proxy.stop().await;
 }
 
@@ -209,9 +234,15 @@ async fn statuses(http: &reqwest::Client, url: &str, n: usize) -> Vec<u16> {
 
 #[tokio::test]
 async fn an_unreachable_app_is_a_bad_gateway() {
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let proxy = sidecar(closed, 1000).await;
-    let answer = reqwest::get(format!("http://{}/anything", proxy.http_addr())).await.unwrap();
+    let answer = reqwest::get(format!("http://{}/anything", proxy.http_addr()))
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 502);
     let problem: Value = answer.json().await.unwrap();
     assert_eq!(problem["type"], "urn:chassis:problem:app-unreachable", "{problem}");
