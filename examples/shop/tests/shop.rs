@@ -180,6 +180,10 @@ async fn scenario(setup: Setup) {
     // Payments hang: the charge times out, so the saga voids it and releases the stock.
     let stock_before = shop.service(&shop.system.inventory, "/stock").await;
     shop.fault(json!({ "delay_ms": 1500 })).await;
+    let summary = shop.json(&format!("/orders/{id}/summary")).await;
+    assert_eq!(summary["partial"], true, "the gateway does not wait for a hanging part: {summary}");
+    let reason = summary["payment"]["unavailable"].as_str().unwrap();
+    assert!(reason.contains("timed out"), "{reason}");
     let timed_out = shop.checkout("checkout-2", 1).await;
     assert_eq!(timed_out["status"], "compensated", "{timed_out}");
     assert_eq!(timed_out["failed_step"], "charge");
