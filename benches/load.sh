@@ -1,34 +1,53 @@
 #!/usr/bin/env bash
-# Load run: the same routes served by bare axum and by the chassis (full inbound stack), one after
-# the other in the same run, measured with wrk over loopback. Usage: bash benches/load.sh [seconds]
+# Load run: the same routes served by bare axum and by the chassis (full inbound stack), measured
+# with wrk over loopback. The two servers alternate for several rounds and the medians are
+# reported, so drift on a shared machine hits both alike.
+#
+# Usage: bash benches/load.sh [seconds per run, default 5] [rounds, default 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION="${1:-10}"
-THREADS=1
+DURATION="${1:-5}"
+ROUNDS="${2:-5}"
 CONNECTIONS=32
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 1; }
 cargo build --release -q -p chassis-benches --bin bench-server
 SERVER=target/release/bench-server
+# With two cores or more, the server gets one and wrk another, so they do not fight over one.
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    PIN_SERVER="taskset -c 1"
+    PIN_WRK="taskset -c 0"
+else
+    PIN_SERVER=""
+    PIN_WRK=""
+fi
 
+# run <mode> <port>: prints "requests/s p99"
 run() {
     local mode=$1 port=$2
-    # The server gets one worker thread less than the machine so wrk has a core of its own.
-    "$SERVER" "$mode" "$port" >/dev/null 2>&1 &
+    $PIN_SERVER "$SERVER" "$mode" "$port" >/dev/null 2>&1 &
     local pid=$!
     for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/users/1" >/dev/null && break; sleep 0.1; done
-    wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/users/42" >/dev/null # warm-up
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/users/42" > "/tmp/wrk-$mode.txt"
+    $PIN_WRK wrk -t1 -c"$CONNECTIONS" -d1s "http://127.0.0.1:$port/users/42" >/dev/null # warm-up
+    $PIN_WRK wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/users/42" > "/tmp/wrk-$mode.txt"
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-    local rps p99
-    rps=$(awk '/Requests\/sec/ {print $2}' "/tmp/wrk-$mode.txt")
-    p99=$(awk '$1 == "99%" {print $2}' "/tmp/wrk-$mode.txt")
-    echo "$mode $rps $p99"
+    awk '/Requests\/sec/ {rps=$2} $1 == "99%" {p99=$2} END {print rps, p99}' "/tmp/wrk-$mode.txt"
 }
 
-bare=$(run bare 3100)
-chassis=$(run chassis 3101)
-echo "| server | requests/s | p99 |"
+results=()
+for round in $(seq 1 "$ROUNDS"); do
+    read -r bare_rps bare_p99 < <(run bare 3100)
+    read -r chassis_rps chassis_p99 < <(run chassis 3101)
+    ratio=$(awk -v b="$bare_rps" -v c="$chassis_rps" 'BEGIN {printf "%.1f", 100 * c / b}')
+    echo "round $round: bare $bare_rps req/s (p99 $bare_p99), chassis $chassis_rps req/s (p99 $chassis_p99): $ratio %" >&2
+    results+=("$bare_rps $bare_p99 $chassis_rps $chassis_p99 $ratio")
+done
+
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+column() { printf '%s\n' "${results[@]}" | awk -v c="$1" '{print $c}'; }
+# p99 as reported by wrk (ms or us); normalised to ms for the median.
+ms() { sed -E 's/([0-9.]+)us/\1 0.001/; s/([0-9.]+)ms/\1 1/; s/([0-9.]+)s$/\1 1000/' | awk '{printf "%.2f\n", $1 * $2}'; }
+echo "| server | requests/s (median of $ROUNDS) | p99 (median) |"
 echo "|---|---|---|"
-echo "$bare" | awk '{printf "| bare axum | %s | %s |\n", $2, $3}'
-echo "$chassis" | awk '{printf "| chassis (full stack) | %s | %s |\n", $2, $3}'
-awk -v b="$(echo "$bare" | cut -d' ' -f2)" -v c="$(echo "$chassis" | cut -d' ' -f2)" 'BEGIN {printf "ratio: %.1f%%\n", 100 * c / b}'
+echo "| bare axum | $(column 1 | median) | $(column 2 | ms | median) ms |"
+echo "| chassis (full stack) | $(column 3 | median) | $(column 4 | ms | median) ms |"
+echo "ratio (median of per-round ratios): $(column 5 | median) %"

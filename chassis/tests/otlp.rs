@@ -22,7 +22,17 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
     let service = spawn_with(options, |_: Context<()>| async {
         Ok(Router::new()
             .route("/users/{id}", get(|| async { "user" }))
-            .route("/fail", get(|| async { StatusCode::BAD_GATEWAY })))
+            .route("/fail", get(|| async { StatusCode::BAD_GATEWAY }))
+            .route(
+                "/spawn",
+                get(|| async {
+                    use tracing::Instrument as _;
+                    // Work handed to another task, instrumented with the request's span.
+                    let work = async { tracing::info_span!("background work").in_scope(|| ()) };
+                    tokio::spawn(work.in_current_span()).await.unwrap();
+                    "spawned"
+                }),
+            ))
     })
     .await;
 
@@ -41,6 +51,13 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
         .send()
         .await
         .unwrap();
+    let spawned_trace = "5cf92f3577b34da6a3ce929d0e0e4737";
+    client
+        .get(format!("http://{}/spawn", service.http_addr()))
+        .header("traceparent", format!("00-{spawned_trace}-{parent_id}-01"))
+        .send()
+        .await
+        .unwrap();
     // Stopping flushes the batch.
     service.stop().await;
 
@@ -54,6 +71,17 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
     assert_eq!(span.attributes["http.response.status_code"], "200");
     assert_eq!(span.attributes["url.path"], "/users/42");
     assert!(span.attributes.contains_key("request_id"));
+
+    let server = receiver.wait_for(|s| s.name == "GET /spawn").await;
+    let background = receiver.wait_for(|s| s.name == "background work").await;
+    assert_eq!(
+        background.trace_id, spawned_trace,
+        "spawned work stays in the request's trace"
+    );
+    assert_eq!(
+        background.parent_span_id, server.span_id,
+        "as a child of the server span"
+    );
 
     let failed = receiver.wait_for(|s| s.name == "GET /fail").await;
     assert_eq!(failed.parent_span_id, "", "no traceparent: a new root");

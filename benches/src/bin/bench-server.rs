@@ -19,6 +19,27 @@ fn main() -> ExitCode {
             });
             ExitCode::SUCCESS
         }
+        // The inbound stack served like `bare` (plain `axum::serve`, no chassis runtime): tells
+        // the stack's cost apart from the runtime's.
+        "stack" => {
+            let config = chassis::config::ConfigLoader::new()
+                .set("telemetry.log_level", "warn")
+                .load::<()>()
+                .expect("config");
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(async move {
+                let _telemetry =
+                    chassis::telemetry::init(&config.chassis.service, &config.chassis.telemetry).expect("telemetry");
+                chassis::metrics::install(&config.chassis.metrics, &config.chassis.service).expect("metrics");
+                let stack = chassis::runtime::InboundService::new(chassis_benches::routes(), &config.chassis);
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+                let make = tower::service_fn(move |_: axum::serve::IncomingStream<'_, tokio::net::TcpListener>| {
+                    std::future::ready(Ok::<_, std::convert::Infallible>(stack.clone()))
+                });
+                axum::serve(listener, make).await.expect("serve");
+            });
+            ExitCode::SUCCESS
+        }
         "chassis" => {
             let options = chassis::Options::new()
                 .service_defaults("bench", "0.0.0")
@@ -68,7 +89,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: bench-server <bare|chassis|idempotency-none|idempotency-memory|idempotency-redis|idempotency-postgres> [port]"
+                "usage: bench-server <bare|stack|chassis|idempotency-none|idempotency-memory|idempotency-redis|idempotency-postgres> [port]"
             );
             ExitCode::FAILURE
         }

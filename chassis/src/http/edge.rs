@@ -260,7 +260,8 @@ where
 }
 
 /// Answers a panic in a handler with a 500 problem+json, and logs the panic message at ERROR
-/// inside the request's span. Use with tower-http's `CatchPanicLayer::custom`.
+/// inside the request's span. [`RecoverPanicLayer`] uses it; it also plugs into tower-http's
+/// `CatchPanicLayer::custom`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PanicResponse;
 
@@ -278,6 +279,103 @@ impl ResponseForPanic for PanicResponse {
     }
 }
 
+/// Turns a panic in the inner service (in `call` or while its future runs) into the
+/// [`PanicResponse`] 500, so one bad request cannot take the connection or the service down.
+///
+/// Unlike tower-http's `CatchPanicLayer`, it keeps axum's response body as it is instead of
+/// boxing it again: one allocation and one indirection per response less, which the inbound
+/// stack's benchmark measures.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use chassis::http::RecoverPanicLayer;
+/// use tower::Layer;
+///
+/// let router: Router = Router::new().route("/", get(|| async { "fine" }));
+/// let service = RecoverPanicLayer.layer(router);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecoverPanicLayer;
+
+impl<S> Layer<S> for RecoverPanicLayer {
+    type Service = RecoverPanic<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RecoverPanic { inner }
+    }
+}
+
+/// The service of [`RecoverPanicLayer`].
+#[derive(Debug, Clone)]
+pub struct RecoverPanic<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for RecoverPanic<S>
+where
+    S: Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = RecoverPanicFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.call(request))) {
+            Ok(future) => RecoverPanicFuture {
+                state: RecoverState::Running { future },
+            },
+            Err(panic) => RecoverPanicFuture {
+                state: RecoverState::Panicked {
+                    response: Some(PanicResponse.response_for_panic(panic)),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`RecoverPanic`].
+    pub struct RecoverPanicFuture<F> {
+        #[pin]
+        state: RecoverState<F>,
+    }
+}
+
+pin_project! {
+    #[project = RecoverStateProj]
+    enum RecoverState<F> {
+        Running { #[pin] future: F },
+        Panicked { response: Option<Response> },
+    }
+}
+
+impl<F, E> Future for RecoverPanicFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            RecoverStateProj::Running { future } => {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(poll) => poll,
+                    // The future is not polled again: this answer is final.
+                    Err(panic) => Poll::Ready(Ok(PanicResponse.response_for_panic(panic))),
+                }
+            }
+            RecoverStateProj::Panicked { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +383,40 @@ mod tests {
     use axum::body::Body;
     use axum::routing::post;
     use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panic_while_handling_or_in_call_is_a_500_problem() {
+        let router = Router::new()
+            .route(
+                "/async",
+                post(|| async {
+                    panic!("in the handler");
+                    #[allow(unreachable_code)]
+                    "never"
+                }),
+            )
+            .route("/fine", post(|| async { "fine" }));
+        let app = RecoverPanicLayer.layer(router);
+        for (path, status) in [("/async", 500), ("/fine", 200)] {
+            let response = app
+                .clone()
+                .oneshot(Request::post(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), status, "{path}");
+        }
+        let panics_in_call =
+            tower::service_fn(|_: Request<Body>| -> std::future::Ready<Result<Response, Infallible>> {
+                panic!("in call")
+            });
+        let response = RecoverPanicLayer
+            .layer(panics_in_call)
+            .oneshot(Request::post("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+    }
 
     #[tokio::test]
     async fn oversized_declared_body_is_a_413_problem() {

@@ -21,7 +21,7 @@ use tower::{Layer, Service};
 
 pub use edge::{
     BodyLimit, BodyLimitFuture, BodyLimitLayer, PanicResponse, PayloadTooLarge, ProblemFuture, ProblemLayer,
-    ProblemService, problem_for,
+    ProblemService, RecoverPanic, RecoverPanicFuture, RecoverPanicLayer, problem_for,
 };
 pub(crate) use problem::retry_after_secs;
 pub use problem::{PROBLEM_JSON, Problem};

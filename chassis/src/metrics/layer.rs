@@ -104,7 +104,10 @@ fn active_gauge(method: &'static str) -> &'static Gauge {
     &gauges[method_index(method)]
 }
 
-type DurationHandles = RwLock<HashMap<(usize, u16), HashMap<Box<str>, Histogram>>>;
+// Keys are route templates of the service's own router, never client input: a fast unkeyed
+// hash is safe here, and SipHash on every request is measurable.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+type DurationHandles = RwLock<FastMap<(usize, u16), FastMap<Box<str>, Histogram>>>;
 
 fn duration_histogram(method: &'static str, route: &str, status: u16) -> Histogram {
     static HANDLES: OnceLock<DurationHandles> = OnceLock::new();

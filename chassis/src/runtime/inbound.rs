@@ -12,22 +12,26 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::response::Response;
 use http::Request;
 use pin_project_lite::pin_project;
-use tower::util::{Either, MapResponse};
+use tower::util::{Either, MapFuture};
 use tower::{Layer, Service, ServiceExt as _};
-use tower_http::catch_panic::{CatchPanic, CatchPanicLayer};
 
 use crate::config::ChassisConfig;
-use crate::http::{BodyLimit, BodyLimitLayer, CaptureRouteLayer, PanicResponse, ProblemLayer, ProblemService};
+use crate::http::{
+    BodyLimit, BodyLimitLayer, CaptureRouteLayer, ProblemLayer, ProblemService, RecoverPanic, RecoverPanicLayer,
+};
 use crate::metrics::{HttpMetrics, HttpMetricsLayer};
 use crate::resilience::bulkhead::{Bulkhead, BulkheadConfig, BulkheadLayer};
 use crate::resilience::rate_limit::{RateLimit, RateLimitLayer};
 use crate::resilience::timeout::{Timeout, TimeoutLayer};
 use crate::telemetry::{RequestIdLayer, SetRequestId, TraceLayer, TraceService};
 
-type PanicBody = tower_http::body::UnsyncBoxBody<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>;
-type Guarded =
-    Timeout<BodyLimit<MapResponse<CatchPanic<Router, PanicResponse>, fn(http::Response<PanicBody>) -> Response>>>;
-type Limited = Either<RateLimit<Guarded>, Guarded>;
+type Routes = <DefaultBodyLimit as Layer<Router>>::Service;
+type Guarded = Timeout<BodyLimit<RecoverPanic<Routes>>>;
+type Unboxed = Either<RateLimit<Guarded>, Guarded>;
+type UnboxedFuture = <Unboxed as Service<Request<Body>>>::Future;
+/// The inner layers' and the router's future (with the timeout's timer), boxed once: every
+/// layer above returns its own future by value, and without the box each would copy them again.
+type Limited = MapFuture<Unboxed, fn(UnboxedFuture) -> Pin<Box<UnboxedFuture>>>;
 type Shed = Either<Bulkhead<Limited>, Limited>;
 type Observed = Either<HttpMetrics<ProblemService<Shed>>, ProblemService<Shed>>;
 type Stack = SetRequestId<TraceService<Observed>>;
@@ -63,27 +67,19 @@ impl std::fmt::Debug for InboundService {
     }
 }
 
-fn box_panic_body(response: http::Response<PanicBody>) -> Response {
-    response.map(Body::new)
-}
-
 impl InboundService {
     /// Wraps `routes` in the stack configured by `config` (`[http]`, `[telemetry]`, `[metrics]`).
     pub fn new(routes: Router, config: &ChassisConfig) -> Self {
         let http = &config.http;
-        // Only what needs the matched route sits on the routes; everything else wraps the router
-        // once. Our BodyLimit answers declared lengths up front; DefaultBodyLimit (which also
-        // lifts axum's own 2 MiB default) catches chunked bodies while the handler reads them.
-        let routes = routes
-            .layer(CaptureRouteLayer)
-            .layer(DefaultBodyLimit::max(http.body_limit.as_usize()));
-        let caught = MapResponse::new(
-            CatchPanicLayer::custom(PanicResponse).layer(routes),
-            box_panic_body as fn(http::Response<PanicBody>) -> Response,
-        );
+        // Only what needs the matched route sits on the routes (a layer there costs a boxed
+        // clone per request); everything else wraps the router once. Our BodyLimit answers
+        // declared lengths up front; DefaultBodyLimit (which also lifts axum's own 2 MiB
+        // default) catches chunked bodies while the handler reads them.
+        let routes = DefaultBodyLimit::max(http.body_limit.as_usize()).layer(routes.layer(CaptureRouteLayer));
+        let caught = RecoverPanicLayer.layer(routes);
         let guarded: Guarded =
             TimeoutLayer::new(http.request_timeout).layer(BodyLimitLayer::new(http.body_limit.bytes()).layer(caught));
-        let limited: Limited = match &http.rate_limit {
+        let unboxed: Unboxed = match &http.rate_limit {
             Some(rate_limit) => Either::Left(
                 RateLimitLayer::new("http_server", rate_limit.clone())
                     .expect("validated with the config")
@@ -91,6 +87,7 @@ impl InboundService {
             ),
             None => Either::Right(guarded),
         };
+        let limited: Limited = MapFuture::new(unboxed, Box::pin as fn(UnboxedFuture) -> Pin<Box<UnboxedFuture>>);
         let shed: Shed = if http.max_concurrent_requests > 0 {
             let bulkhead = BulkheadConfig {
                 max_concurrent: http.max_concurrent_requests,

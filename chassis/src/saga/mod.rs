@@ -283,6 +283,37 @@ struct Definition<S> {
     compensation_retry_delay: Duration,
 }
 
+/// An instance persisted by [`Saga::create`], ready to [`run`](CreatedSaga::run).
+#[must_use = "the saga does not run until run() is awaited"]
+pub struct CreatedSaga<S> {
+    saga: Saga<S>,
+    record: SagaRecord,
+    data: S,
+}
+
+impl<S> std::fmt::Debug for CreatedSaga<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedSaga")
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> CreatedSaga<S>
+where
+    S: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    /// Runs the instance to its end, like [`Saga::start`].
+    pub async fn run(self) -> Result<SagaOutcome<S>, SagaError> {
+        self.saga.drive(self.record, self.data).await
+    }
+}
+
 /// Why a step's action gave up.
 struct StepFailure {
     error: String,
@@ -353,6 +384,25 @@ where
     /// for [`Saga::resume_stalled`]. An id that exists already is refused
     /// ([`SagaError::AlreadyStarted`]).
     pub async fn start(&self, id: &str, data: S) -> Result<SagaOutcome<S>, SagaError> {
+        self.create(id, data).await?.run().await
+    }
+
+    /// Persists a new instance `id` without running it yet: answer the client once this
+    /// returns (the instance can be looked up from then on), then [`CreatedSaga::run`] it, for
+    /// example in a background task.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use chassis::saga::{MemorySagaStore, Saga, Step};
+    /// # async fn demo() -> Result<(), chassis::saga::SagaError> {
+    /// let saga = Saga::new("checkout", Arc::new(MemorySagaStore::default()))
+    ///     .step(Step::new("reserve", |_cx, n: u32| async move { Ok::<_, String>(n) }));
+    /// let created = saga.create("order-1", 3).await?;
+    /// assert!(saga.status("order-1").await?.is_some());
+    /// tokio::spawn(created.run());
+    /// # Ok(()) }
+    /// ```
+    pub async fn create(&self, id: &str, data: S) -> Result<CreatedSaga<S>, SagaError> {
         let record = SagaRecord {
             saga: self.inner.name.to_string(),
             id: id.to_owned(),
@@ -376,7 +426,11 @@ where
                 status,
             });
         }
-        self.drive(record, data).await
+        Ok(CreatedSaga {
+            saga: self.clone(),
+            record,
+            data,
+        })
     }
 
     /// The stored state of instance `id`.

@@ -26,17 +26,27 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    let scope = ctx.event_scope()?;
-    let dispatch = slot.get().and_then(WeakDispatch::upgrade)?;
-    for span in scope {
-        if let Some(cx) = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch) {
-            let span_context = cx.span().span_context().clone();
-            if span_context.is_valid() {
-                return Some((span_context.trace_id(), span_context.span_id()));
+    if let Some(scope) = ctx.event_scope()
+        && let Some(dispatch) = slot.get().and_then(WeakDispatch::upgrade)
+    {
+        for span in scope {
+            if let Some(cx) = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch) {
+                let span_context = cx.span().span_context().clone();
+                if span_context.is_valid() {
+                    return Some((span_context.trace_id(), span_context.span_id()));
+                }
             }
         }
     }
-    None
+    // No `tracing` span with an OpenTelemetry context: the server span of the inbound layer
+    // (built with the OpenTelemetry API) is the current context while a request is handled.
+    opentelemetry::Context::map_current(|cx| {
+        let span = cx.span();
+        let span_context = span.span_context();
+        span_context
+            .is_valid()
+            .then(|| (span_context.trace_id(), span_context.span_id()))
+    })
 }
 
 /// Human-readable lines:

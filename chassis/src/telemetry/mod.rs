@@ -35,6 +35,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt;
 
 pub use propagation::{HeaderExtractor, HeaderInjector, extract_context, inject_context, propagator};
@@ -197,48 +198,52 @@ pub enum TelemetryError {
 }
 
 /// Keeps the tracer provider alive; call [`TelemetryGuard::shutdown`] on exit to flush spans.
+///
+/// Every service started in the process holds one on the same provider. Stopping a service
+/// flushes the spans batched so far but leaves the provider running, so services started side
+/// by side (tests, a one-process demo) keep tracing after one of them stops.
 #[derive(Debug)]
 #[must_use = "dropping the guard without shutdown() loses the spans still in the batch"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
 }
 
+/// The provider installed by the first [`init`].
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
 impl TelemetryGuard {
-    /// A guard that owns nothing (telemetry was already initialized elsewhere).
+    /// A guard that owns nothing (telemetry was initialized elsewhere).
     pub fn none() -> Self {
         Self { provider: None }
     }
 
-    /// `true` when this guard owns the process' tracer provider.
+    /// `true` when this guard holds the process' tracer provider.
     pub fn owns_provider(&self) -> bool {
         self.provider.is_some()
     }
 
-    /// Exports the spans still batched, without shutting down.
+    /// Exports the spans still batched.
     pub async fn flush(&self) {
         if let Some(provider) = self.provider.clone() {
             // The SDK's flush blocks the calling thread until the exporter answers.
-            let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+            let result = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+            if let Ok(Err(e)) = result {
+                eprintln!("telemetry: flushing spans failed: {e}");
+            }
         }
     }
 
-    /// Flushes the spans still batched and shuts the provider down.
-    pub async fn shutdown(mut self) {
-        if let Some(provider) = self.provider.take() {
-            let result =
-                tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(Duration::from_secs(5))).await;
-            if let Ok(Err(e)) = result {
-                eprintln!("telemetry: flushing spans at shutdown failed: {e}");
-            }
-        }
+    /// Exports the spans still batched, at shutdown. The provider itself keeps running until
+    /// the process exits: other services of the process may still be tracing.
+    pub async fn shutdown(self) {
+        self.flush().await;
     }
 }
 
 static INSTALLED: OnceLock<()> = OnceLock::new();
 
 /// Installs logging and tracing for the process. The first call wins: later calls (a second
-/// service started in the same test process) return [`TelemetryGuard::none`] and keep the
-/// first configuration.
+/// service started in the same process) keep the first configuration and share its provider.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), chassis::telemetry::TelemetryError> {
@@ -250,9 +255,11 @@ static INSTALLED: OnceLock<()> = OnceLock::new();
 /// ```
 pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     if INSTALLED.get().is_some() {
-        return Ok(TelemetryGuard::none());
+        return Ok(TelemetryGuard {
+            provider: PROVIDER.get().cloned(),
+        });
     }
-    let provider = build_provider(service, config)?;
+    let (provider, exporting) = build_provider(service, config)?;
     let tracer = provider.tracer("chassis");
 
     let log_filter = match std::env::var("RUST_LOG") {
@@ -282,10 +289,16 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
         .with_threads(false)
         .with_target(false);
 
+    trace_layer::set_server_spans(server_spans_enabled(&config.trace_level));
+    // The inbound layer builds server spans with the OpenTelemetry API; its `tracing` span is
+    // for log lines only.
+    let not_server_span =
+        tracing_subscriber::filter::filter_fn(|meta| meta.target() != trace_layer::SERVER_SPAN_TARGET);
     let dispatch = tracing::Dispatch::new(
         tracing_subscriber::registry()
             .with(fmt_layer.with_filter(log_filter))
-            .with(otel_layer.with_filter(trace_filter)),
+            .with(otel_layer.with_filter(trace_filter.and(not_server_span)))
+            .with(trace_layer::ServerContextLayer.with_filter(trace_layer::ServerContextLayer::filter())),
     );
     let _ = slot.set(dispatch.downgrade());
     let installed = tracing::dispatcher::set_global_default(dispatch).is_ok();
@@ -297,9 +310,25 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
     }
     opentelemetry::global::set_text_map_propagator(composite_propagator());
     opentelemetry::global::set_tracer_provider(provider.clone());
+    let _ = PROVIDER.set(provider.clone());
+    trace_layer::set_span_source(match exporting {
+        true => trace_layer::SpanSource::Recorded(provider.tracer("chassis")),
+        false => trace_layer::SpanSource::Propagated(sampler(config)),
+    });
     Ok(TelemetryGuard {
         provider: Some(provider),
     })
+}
+
+/// Whether `trace_level` lets INFO spans of the inbound layer through, asked of an `EnvFilter`
+/// of those directives in a subscriber of its own.
+fn server_spans_enabled(trace_level: &str) -> bool {
+    let filter = EnvFilter::builder().parse_lossy(trace_level);
+    let probe = tracing_subscriber::registry().with(filter);
+    tracing::subscriber::with_default(
+        probe,
+        || tracing::enabled!(target: trace_layer::SERVER_SPAN_TARGET, tracing::Level::INFO),
+    )
 }
 
 pub(crate) fn composite_propagator() -> TextMapCompositePropagator {
@@ -313,7 +342,15 @@ fn env_set(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
 }
 
-fn build_provider(service: &ServiceConfig, config: &TelemetryConfig) -> Result<SdkTracerProvider, TelemetryError> {
+fn sampler(config: &TelemetryConfig) -> Sampler {
+    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sampling_ratio)))
+}
+
+/// The provider, and whether it exports.
+fn build_provider(
+    service: &ServiceConfig,
+    config: &TelemetryConfig,
+) -> Result<(SdkTracerProvider, bool), TelemetryError> {
     let mut resource = Resource::builder();
     if !env_set("OTEL_SERVICE_NAME") {
         resource = resource.with_service_name(service.name.clone());
@@ -324,20 +361,19 @@ fn build_provider(service: &ServiceConfig, config: &TelemetryConfig) -> Result<S
             KeyValue::new("deployment.environment.name", service.environment.clone()),
         ])
         .build();
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sampling_ratio)));
     let builder = SdkTracerProvider::builder()
         .with_resource(resource)
-        .with_sampler(sampler);
+        .with_sampler(sampler(config));
 
     let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"));
     let wanted = config.otlp.endpoint.is_some()
         || env_set("OTEL_EXPORTER_OTLP_ENDPOINT")
         || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
     if disabled || !wanted {
-        return Ok(builder.build());
+        return Ok((builder.build(), false));
     }
     let exporter = exporter::build(&config.otlp)?;
-    Ok(builder.with_batch_exporter(exporter).build())
+    Ok((builder.with_batch_exporter(exporter).build(), true))
 }
 
 mod exporter {

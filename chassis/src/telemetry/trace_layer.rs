@@ -1,20 +1,61 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::ConnectInfo;
 use http::{Request, Response, Version, header};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer};
+use opentelemetry::{Context as OtelContext, KeyValue};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SdkTracer, ShouldSample};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing::Span;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::RequestId;
 use crate::http::{MatchedRoute, method_label};
+
+/// The target of the per-request `tracing` span. The OpenTelemetry layer of
+/// [`init`](super::init) does not see it: the server span is built with the OpenTelemetry API
+/// directly, which costs a fraction of going through `tracing` fields.
+pub(crate) const SERVER_SPAN_TARGET: &str = "chassis::http::server";
+
+/// Whether `telemetry.trace_level` lets server spans through (set by [`init`](super::init)).
+static SERVER_SPANS: AtomicBool = AtomicBool::new(true);
+
+pub(crate) fn set_server_spans(enabled: bool) {
+    SERVER_SPANS.store(enabled, Ordering::Relaxed);
+}
+
+/// Where server spans come from, decided once by [`init`](super::init).
+#[derive(Clone)]
+pub(crate) enum SpanSource {
+    /// Export is on: spans recorded by the process' SDK provider.
+    Recorded(SdkTracer),
+    /// Export is off: nothing would ever read a recorded span, so the context only gets fresh
+    /// ids and the sampler's decision. Log lines still carry the ids and calls made while
+    /// handling the request still propagate the trace, with the right sampled flag.
+    Propagated(Sampler),
+    /// Telemetry was set up by someone else: the global tracer provider.
+    Global(Arc<BoxedTracer>),
+}
+
+static SOURCE: std::sync::OnceLock<SpanSource> = std::sync::OnceLock::new();
+
+pub(crate) fn set_span_source(source: SpanSource) {
+    let _ = SOURCE.set(source);
+}
+
+fn span_source() -> SpanSource {
+    SOURCE
+        .get()
+        .cloned()
+        .unwrap_or_else(|| SpanSource::Global(Arc::new(opentelemetry::global::tracer("chassis"))))
+}
 
 /// One server span per request, in the OpenTelemetry HTTP semantic conventions.
 ///
@@ -25,6 +66,12 @@ use crate::http::{MatchedRoute, method_label};
 ///   `url.scheme`, `network.protocol.version`, `user_agent.original`, `client.address`,
 ///   `http.route`, `http.response.status_code` and `request_id`.
 /// - 5xx responses set the span status to error and `error.type` to the status code.
+/// - Its context is current while the request is handled, so spans opened by handlers (through
+///   `tracing` or the OpenTelemetry API) are its children and log lines carry its ids.
+///
+/// The span is built with the global tracer provider as it is when the layer is created (after
+/// [`init`](super::init)). Alongside, a `tracing` span `HTTP request` (target
+/// `chassis::http::server`) gives log lines the method, path and request id.
 ///
 /// The route is read from the [`MatchedRoute`] slot, so the router needs
 /// [`CaptureRouteLayer`](crate::http::CaptureRouteLayer) (the runtime adds it).
@@ -38,15 +85,33 @@ use crate::http::{MatchedRoute, method_label};
 /// let router: Router = Router::new().route("/users/{id}", get(|| async { "user" })).layer(CaptureRouteLayer);
 /// let app = ServiceBuilder::new().layer(TraceLayer::new()).service(router);
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone)]
 pub struct TraceLayer {
     access_log: bool,
+    source: Arc<SpanSource>,
+}
+
+impl std::fmt::Debug for TraceLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceLayer")
+            .field("access_log", &self.access_log)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TraceLayer {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TraceLayer {
-    /// The layer, without access log lines.
+    /// The layer, without access log lines, on the current global tracer provider.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            access_log: false,
+            source: Arc::new(span_source()),
+        }
     }
 
     /// Also log one INFO line per completed request (target `chassis::access`).
@@ -63,15 +128,28 @@ impl<S> Layer<S> for TraceLayer {
         TraceService {
             inner,
             access_log: self.access_log,
+            source: self.source.clone(),
         }
     }
 }
 
 /// The service of [`TraceLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TraceService<S> {
     inner: S,
     access_log: bool,
+    // Cloned with the service for every request (hyper does): one reference count, not the
+    // sampler's boxes.
+    source: Arc<SpanSource>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for TraceService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceService")
+            .field("inner", &self.inner)
+            .field("access_log", &self.access_log)
+            .finish_non_exhaustive()
+    }
 }
 
 fn version_str(version: Version) -> &'static str {
@@ -85,39 +163,93 @@ fn version_str(version: Version) -> &'static str {
     }
 }
 
-fn make_span<B>(request: &Request<B>, method: &'static str) -> Span {
-    let span = tracing::info_span!(
-        target: "chassis::http",
+/// The `tracing` span log lines inside the request belong to. Its fields are all set here:
+/// recording more later would cost a dispatch to every layer.
+fn log_span<B>(request: &Request<B>, method: &'static str) -> Span {
+    let request_id = request.extensions().get::<RequestId>().map(RequestId::as_str);
+    tracing::info_span!(
+        target: SERVER_SPAN_TARGET,
         "HTTP request",
-        otel.kind = "server",
-        otel.name = method,
         http.request.method = method,
         url.path = request.uri().path(),
-        url.scheme = request.uri().scheme_str().unwrap_or("http"),
-        network.protocol.version = version_str(request.version()),
-        user_agent.original = Empty,
-        client.address = Empty,
-        request_id = Empty,
-        http.route = Empty,
-        http.response.status_code = Empty,
-        otel.status_code = Empty,
-        error.type = Empty,
-    );
-    if span.is_disabled() {
-        return span;
+        request_id,
+    )
+}
+
+/// The OpenTelemetry server span, as the context handlers run in.
+fn server_span<B>(source: &SpanSource, request: &Request<B>, method: &'static str) -> OtelContext {
+    let parent = super::extract_context(request.headers());
+    if !SERVER_SPANS.load(Ordering::Relaxed) {
+        // Not traced here, but the caller's context still flows on to the calls we make.
+        return parent;
     }
-    // Must happen before the span is first entered: that is when the OpenTelemetry span starts.
-    let _ = span.set_parent(super::extract_context(request.headers()));
-    if let Some(agent) = request.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
-        span.record("user_agent.original", agent);
+    let builder = || SpanBuilder::from_name(method).with_kind(SpanKind::Server);
+    let cx = match source {
+        SpanSource::Recorded(tracer) => {
+            let span = tracer.build_with_context(builder(), &parent);
+            parent.with_span(span)
+        }
+        SpanSource::Global(tracer) => {
+            let span = tracer.build_with_context(builder(), &parent);
+            parent.with_span(span)
+        }
+        SpanSource::Propagated(sampler) => return propagated(sampler, parent, method),
+    };
+    let span = cx.span();
+    // Attributes cost allocations; only a span that records them gets them.
+    if span.is_recording() {
+        let mut attributes = Vec::with_capacity(10);
+        attributes.push(KeyValue::new("http.request.method", method));
+        attributes.push(KeyValue::new("url.path", request.uri().path().to_owned()));
+        attributes.push(KeyValue::new("url.scheme", scheme(request)));
+        attributes.push(KeyValue::new(
+            "network.protocol.version",
+            version_str(request.version()),
+        ));
+        if let Some(agent) = request.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+            attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+        }
+        if let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+            attributes.push(KeyValue::new("client.address", addr.ip().to_string()));
+        }
+        if let Some(id) = request.extensions().get::<RequestId>() {
+            attributes.push(KeyValue::new("request_id", id.as_str().to_owned()));
+        }
+        span.set_attributes(attributes);
     }
-    if let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
-        span.record("client.address", tracing::field::display(addr.ip()));
+    cx
+}
+
+/// A non-recording server span: the parent's trace (or a new one), a new span id, and the
+/// sampler's decision as the sampled flag.
+fn propagated(sampler: &Sampler, parent: OtelContext, method: &'static str) -> OtelContext {
+    let ids = RandomIdGenerator::default();
+    let (trace_id, trace_state) = {
+        let parent_span = parent.span();
+        let parent = parent_span.span_context();
+        match parent.is_valid() {
+            true => (parent.trace_id(), parent.trace_state().clone()),
+            false => (ids.new_trace_id(), Default::default()),
+        }
+    };
+    let decision = sampler.should_sample(Some(&parent), trace_id, method, &SpanKind::Server, &[], &[]);
+    let flags = match decision.decision {
+        SamplingDecision::RecordAndSample => TraceFlags::SAMPLED,
+        _ => TraceFlags::default(),
+    };
+    let trace_state = match decision.decision {
+        SamplingDecision::Drop => trace_state,
+        _ => decision.trace_state,
+    };
+    let span_context = SpanContext::new(trace_id, ids.new_span_id(), flags, false, trace_state);
+    parent.with_remote_span_context(span_context)
+}
+
+fn scheme<B>(request: &Request<B>) -> &'static str {
+    match request.uri().scheme_str() {
+        Some("https") => "https",
+        _ => "http",
     }
-    if let Some(id) = request.extensions().get::<RequestId>() {
-        span.record("request_id", id.as_str());
-    }
-    span
 }
 
 impl<S, B, ResBody> Service<Request<B>> for TraceService<S>
@@ -136,14 +268,19 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let route = MatchedRoute::attach(&mut request);
         let method = method_label(request.method());
-        let span = make_span(&request, method);
+        let otel = server_span(&self.source, &request, method);
+        let (span, carried) = ServerContextLayer::carrying(&otel, || log_span(&request, method));
+        // Inner `call`s only route and build futures; the span is entered where work and log
+        // lines happen, in `poll`. The context is current for them all the same.
         let inner = {
-            let _entered = span.enter();
+            let _attached = otel.clone().attach();
             self.inner.call(request)
         };
         TraceFuture {
             inner,
             span,
+            otel,
+            attach: !carried,
             route,
             method,
             started: self.access_log.then(Instant::now),
@@ -157,6 +294,10 @@ pin_project! {
         #[pin]
         inner: F,
         span: Span,
+        otel: OtelContext,
+        // The span does not carry the context (telemetry set up without the chassis' layer):
+        // attach it around each poll here.
+        attach: bool,
         route: MatchedRoute,
         method: &'static str,
         started: Option<Instant>,
@@ -171,54 +312,151 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _attached = this.attach.then(|| this.otel.clone().attach());
         let result = {
             let _entered = this.span.enter();
             ready!(this.inner.poll(cx))
         };
-        let span = &*this.span;
         let status = result.as_ref().map(|r| r.status().as_u16()).unwrap_or(500);
-        if !span.is_disabled() {
-            span.record("http.response.status_code", status);
-            if let Some(route) = this.route.get() {
-                span.record("http.route", route);
-                // The OpenTelemetry span has started by now; its name is set directly.
-                span.context().span().update_name(span_name(this.method, route));
+        let route = this.route.get();
+        let server = this.otel.span();
+        if server.is_recording() {
+            let mut attributes = Vec::with_capacity(3);
+            attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
+            match route {
+                Some(route) => {
+                    let names = names(this.method, route);
+                    server.update_name(names.span);
+                    attributes.push(KeyValue::new("http.route", names.route));
+                }
+                None => server.update_name(*this.method),
             }
             if status >= 500 {
-                span.record("otel.status_code", "error");
-                span.record("error.type", status);
+                attributes.push(KeyValue::new("error.type", i64::from(status).to_string()));
+                server.set_status(Status::error(""));
             }
+            server.set_attributes(attributes);
         }
-        if let Some(started) = this.started {
+        if let Some(started) = *this.started {
+            let (span, method, route) = (&*this.span, *this.method, this.route.label());
             tracing::info!(
                 target: "chassis::access",
                 parent: span,
-                method = this.method,
-                route = this.route.label(),
+                method,
+                route,
                 status,
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "request completed"
             );
         }
+        server.end();
         Poll::Ready(result)
     }
 }
 
-/// `"{method} {route}"`, built once per route and method and kept: the set is bounded by the
-/// service's routes, and a per-request `format!` is measurable.
-fn span_name(method: &'static str, route: &str) -> &'static str {
+/// Makes the server span's OpenTelemetry context current whenever the request's `tracing` span
+/// is entered: while the inbound layer polls the request, and wherever a future instrumented
+/// with it runs (`tokio::spawn(work.in_current_span())`), so spans and log lines there belong
+/// to the request's trace. [`init`](super::init) installs it, filtered to the request spans.
+pub(crate) struct ServerContextLayer;
+
+/// The context a request span carries.
+struct CarriedContext(OtelContext);
+
+thread_local! {
+    /// The context for the request span being created on this thread.
+    static PENDING: std::cell::RefCell<Option<OtelContext>> = const { std::cell::RefCell::new(None) };
+    /// The contexts attached by entered request spans, innermost last.
+    static ATTACHED: std::cell::RefCell<Vec<opentelemetry::ContextGuard>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl ServerContextLayer {
+    /// Creates the request span with `make`, handing it `cx`; `true` when the span took it.
+    fn carrying(cx: &OtelContext, make: impl FnOnce() -> Span) -> (Span, bool) {
+        PENDING.with(|pending| *pending.borrow_mut() = Some(cx.clone()));
+        let span = make();
+        let left = PENDING.with(|pending| pending.borrow_mut().take());
+        (span, left.is_none())
+    }
+
+    /// The filter that shows this layer the request spans and nothing else.
+    pub(crate) fn filter() -> tracing_subscriber::filter::FilterFn {
+        tracing_subscriber::filter::filter_fn(|meta| meta.is_span() && meta.target() == SERVER_SPAN_TARGET)
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for ServerContextLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        _: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Some(cx) = PENDING.with(|pending| pending.borrow_mut().take())
+            && let Some(span) = ctx.span(id)
+        {
+            span.extensions_mut().insert(CarriedContext(cx));
+        }
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if let Some(span) = ctx.span(id)
+            && let Some(CarriedContext(cx)) = span.extensions().get::<CarriedContext>()
+        {
+            let guard = cx.clone().attach();
+            ATTACHED.with(|attached| attached.borrow_mut().push(guard));
+        }
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if let Some(span) = ctx.span(id)
+            && span.extensions().get::<CarriedContext>().is_some()
+        {
+            // Entered and exited in strict nesting on one thread: the last guard is this span's.
+            let guard = ATTACHED.with(|attached| attached.borrow_mut().pop());
+            drop(guard);
+        }
+    }
+}
+
+/// The span name and route of a matched route, as `&'static str`.
+struct RouteNames {
+    span: &'static str,
+    route: &'static str,
+}
+
+/// Built once per route and method and kept: the set is bounded by the service's routes, and a
+/// per-request `format!` and copy are measurable.
+fn names(method: &'static str, route: &str) -> &'static RouteNames {
     use std::collections::HashMap;
     use std::sync::{OnceLock, RwLock};
-    type Names = RwLock<HashMap<(&'static str, Box<str>), &'static str>>;
+    // Route templates of the service's own router, never client input: a fast unkeyed hash.
+    type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+    type Names = RwLock<FastMap<&'static str, FastMap<Box<str>, &'static RouteNames>>>;
     static NAMES: OnceLock<Names> = OnceLock::new();
     let names = NAMES.get_or_init(Default::default);
-    let key = (method, Box::<str>::from(route));
-    if let Some(name) = names.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return name;
+    if let Some(found) = names
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(method)
+        .and_then(|routes| routes.get(route))
+    {
+        return found;
     }
-    let name: &'static str = Box::leak(format!("{method} {route}").into_boxed_str());
-    names.write().unwrap_or_else(|e| e.into_inner()).insert(key, name);
-    name
+    let built: &'static RouteNames = Box::leak(Box::new(RouteNames {
+        span: Box::leak(format!("{method} {route}").into_boxed_str()),
+        route: Box::leak(Box::<str>::from(route)),
+    }));
+    names
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(method)
+        .or_default()
+        .insert(route.into(), built);
+    built
 }
 
 #[cfg(test)]
@@ -229,6 +467,56 @@ mod tests {
     fn versions_use_semconv_names() {
         assert_eq!(version_str(Version::HTTP_11), "1.1");
         assert_eq!(version_str(Version::HTTP_2), "2");
+    }
+
+    fn ratio(r: f64) -> Sampler {
+        Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+    }
+
+    fn remote(sampled: bool) -> OtelContext {
+        let flags = if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let trace_id = opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span_id = opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        OtelContext::new().with_remote_span_context(SpanContext::new(
+            trace_id,
+            span_id,
+            flags,
+            true,
+            Default::default(),
+        ))
+    }
+
+    #[test]
+    fn without_export_the_context_continues_the_callers_trace_and_decision() {
+        for sampled in [true, false] {
+            let parent = remote(sampled);
+            let cx = propagated(&ratio(0.0), parent.clone(), "GET");
+            let span = cx.span();
+            let child = span.span_context();
+            assert!(!span.is_recording(), "nothing is recorded without an exporter");
+            assert_eq!(child.trace_id(), parent.span().span_context().trace_id());
+            assert_ne!(
+                child.span_id(),
+                parent.span().span_context().span_id(),
+                "a span id of its own"
+            );
+            assert_eq!(child.is_sampled(), sampled, "the caller's decision, whatever the ratio");
+            assert!(!child.is_remote());
+        }
+    }
+
+    #[test]
+    fn without_export_a_new_trace_follows_the_sampling_ratio() {
+        for (r, sampled) in [(1.0, true), (0.0, false)] {
+            let cx = propagated(&ratio(r), OtelContext::new(), "GET");
+            let span = cx.span();
+            assert!(span.span_context().is_valid(), "log lines and calls still get ids");
+            assert_eq!(span.span_context().is_sampled(), sampled);
+        }
     }
 
     #[test]

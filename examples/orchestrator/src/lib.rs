@@ -235,13 +235,22 @@ async fn start(State(o): State<Orchestrator>, Json(new): Json<NewCheckout>) -> a
         amount_cents: new.amount_cents,
     };
     let id = checkout.id.clone();
-    let saga = o.saga.clone();
+    // Persisted before the answer, so `GET /checkouts/{id}` finds it at once.
+    let created = match o.saga.create(&id, checkout).await {
+        Ok(created) => created,
+        Err(error) => {
+            return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "saga-store-unavailable", "Try again")
+                .with_detail(error.to_string())
+                .into_response();
+        }
+    };
     // The saga runs on after the answer: a tracked task, so shutdown lets it finish, and a
     // crash leaves it to `resume_stalled`. It stays in the request's trace.
     let run = async move {
-        match saga.start(&checkout.id, checkout.clone()).await {
-            Ok(outcome) => tracing::info!(checkout = %checkout.id, ?outcome, "checkout finished"),
-            Err(error) => tracing::error!(checkout = %checkout.id, %error, "checkout saga stopped"),
+        let id = created.id().to_owned();
+        match created.run().await {
+            Ok(outcome) => tracing::info!(checkout = %id, ?outcome, "checkout finished"),
+            Err(error) => tracing::error!(checkout = %id, %error, "checkout saga stopped"),
         }
     };
     o.ctx.spawn(run.in_current_span());

@@ -179,9 +179,12 @@ async fn scenario(setup: Setup) {
 
     // Payments hang: the charge times out, so the saga voids it and releases the stock.
     let stock_before = shop.service(&shop.system.inventory, "/stock").await;
-    shop.fault(json!({ "delay_ms": 1500 })).await;
+    shop.fault(json!({ "delay_ms": 2500 })).await;
     let summary = shop.json(&format!("/orders/{id}/summary")).await;
-    assert_eq!(summary["partial"], true, "the gateway does not wait for a hanging part: {summary}");
+    assert_eq!(
+        summary["partial"], true,
+        "the gateway does not wait for a hanging part: {summary}"
+    );
     let reason = summary["payment"]["unavailable"].as_str().unwrap();
     assert!(reason.contains("timed out"), "{reason}");
     let timed_out = shop.checkout("checkout-2", 1).await;
@@ -233,8 +236,10 @@ fn fast(backend: Backend) -> Setup {
     Setup {
         base_port: 0,
         backend,
-        call_timeout: Duration::from_millis(300),
-        step_timeout: Duration::from_millis(500),
+        // Short enough for a quick run, long enough for a busy CI machine; the slow-payments
+        // scenario below hangs for longer than both.
+        call_timeout: Duration::from_secs(1),
+        step_timeout: Duration::from_secs(1),
         overrides: Vec::new(),
     }
 }
