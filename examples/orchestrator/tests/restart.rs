@@ -1,0 +1,120 @@
+//! An orchestrator that dies in the middle of a checkout: the next one, on the same PostgreSQL
+//! store, resumes the saga from the step that was running and finishes it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+#[derive(Clone, Default)]
+struct Downstream {
+    /// While set, reservations never answer: the orchestrator's call hangs.
+    hang: Arc<AtomicBool>,
+    /// The idempotency keys of the reservations asked for.
+    reservations: Arc<Mutex<Vec<String>>>,
+}
+
+async fn reserve(State(d): State<Downstream>, headers: HeaderMap, Json(_): Json<Value>) -> StatusCode {
+    let key = headers["idempotency-key"].to_str().unwrap().to_owned();
+    d.reservations.lock().unwrap().push(key);
+    if d.hang.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
+    StatusCode::CREATED
+}
+
+/// Inventory and payments in one plain axum app.
+async fn downstream() -> (SocketAddr, Downstream) {
+    let state = Downstream::default();
+    state.hang.store(true, Ordering::SeqCst);
+    let app = axum::Router::new()
+        .route("/reservations", post(reserve))
+        .route("/payments", post(|| async { StatusCode::CREATED }))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, state)
+}
+
+async fn orchestrator(downstream: SocketAddr, postgres: String, resume_after: &'static str) -> chassis::RunningService {
+    let options = chassis::testing::options().configure(move |loader| {
+        loader
+            .set("store.kind", "postgres")
+            .set("store.url", postgres)
+            .set("step_timeout", "60s")
+            .set("resume_after", resume_after)
+            .set("shutdown.grace_period", "100ms")
+            .set("clients.inventory.base_url", format!("http://{downstream}"))
+            .set("clients.inventory.attempt_timeout", "60s")
+            .set("clients.inventory.timeout", "60s")
+            .set("clients.payments.base_url", format!("http://{downstream}"))
+    });
+    chassis::testing::spawn_with(options, shop_orchestrator::service).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_survives_the_death_of_its_orchestrator() {
+    let postgres = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    if tokio::net::TcpStream::connect("127.0.0.1:5432").await.is_err() && std::env::var("DATABASE_URL").is_err() {
+        assert!(std::env::var("CI").is_err(), "PostgreSQL is required under CI");
+        eprintln!("skipping: PostgreSQL unreachable; CI=true makes this a failure");
+        return;
+    }
+    let (addr, downstream) = downstream().await;
+    let http = reqwest::Client::new();
+
+    // The first orchestrator starts a checkout; reserving stock hangs.
+    let first = orchestrator(addr, postgres.clone(), "10m").await;
+    let started: Value = http
+        .post(format!("http://{}/checkouts", first.http_addr()))
+        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({ "item": "book", "quantity": 1, "amount_cents": 100 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["id"].as_str().unwrap().to_owned();
+    while downstream.reservations.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // It dies: the grace period runs out with the saga still waiting on inventory.
+    assert_eq!(first.stop().await, chassis::runtime::Stopped::GracePeriodExceeded);
+
+    // Inventory recovers; a new orchestrator notices the stalled checkout and finishes it.
+    downstream.hang.store(false, Ordering::SeqCst);
+    let second = orchestrator(addr, postgres, "1s").await;
+    let mut checkout = Value::Null;
+    for _ in 0..100 {
+        checkout = http
+            .get(format!("http://{}/checkouts/{id}", second.http_addr()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if checkout["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(checkout["status"], "completed", "{checkout}");
+    let keys = downstream.reservations.lock().unwrap().clone();
+    assert_eq!(keys.len(), 2, "the step that was running ran again: {keys:?}");
+    assert_eq!(
+        keys[0], keys[1],
+        "with the same idempotency key, so inventory replays it"
+    );
+    assert_eq!(keys[0], format!("checkout:{id}:reserve-stock"));
+    second.stop().await;
+}
