@@ -1,8 +1,9 @@
 //! Serves the benchmark routes for a load run: `bench-server bare 3000` serves them with plain
 //! `axum::serve`; `bench-server chassis 3001` serves them through `chassis::run` with its
 //! defaults (request id, trace with OpenTelemetry spans, metrics, load shedding, timeout, body
-//! limit, catch panic). Logs go to stderr at WARN so the load run measures the stack, not the
-//! terminal.
+//! limit, catch panic); `bench-server stack 3002` serves the same inbound stack with plain
+//! `axum::serve`, to tell the stack's cost from the runtime's. Logs go to stderr at WARN so the
+//! load run measures the stack, not the terminal.
 
 use std::process::ExitCode;
 
