@@ -4,6 +4,8 @@
 # reported, so drift on a shared machine hits both alike.
 #
 # Usage: bash benches/load.sh [seconds per run, default 5] [rounds, default 5]
+#        EXPORT=1 bash benches/load.sh ...   # the chassis exports its spans over OTLP/HTTP to a
+#                                            # local sink that drops them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-5}"
@@ -21,10 +23,21 @@ else
     PIN_WRK=""
 fi
 
+SINK=""
+CHASSIS_ENV=()
+if [ "${EXPORT:-0}" = 1 ]; then
+    $PIN_WRK "$SERVER" otlp-sink 4318 >/dev/null 2>&1 &
+    SINK=$!
+    trap 'kill "$SINK" 2>/dev/null || true' EXIT
+    CHASSIS_ENV=(APP__TELEMETRY__OTLP__ENDPOINT=http://127.0.0.1:4318)
+fi
+
 # run <mode> <port>: prints "requests/s p99"
 run() {
     local mode=$1 port=$2
-    $PIN_SERVER "$SERVER" "$mode" "$port" >/dev/null 2>&1 &
+    local extra=()
+    [ "$mode" = chassis ] && extra=("${CHASSIS_ENV[@]}")
+    env "${extra[@]}" $PIN_SERVER "$SERVER" "$mode" "$port" >/dev/null 2>&1 &
     local pid=$!
     for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/users/1" >/dev/null && break; sleep 0.1; done
     $PIN_WRK wrk -t1 -c"$CONNECTIONS" -d1s "http://127.0.0.1:$port/users/42" >/dev/null # warm-up

@@ -2,7 +2,8 @@
 //! `axum::serve`; `bench-server chassis 3001` serves them through `chassis::run` with its
 //! defaults (request id, trace with OpenTelemetry spans, metrics, load shedding, timeout, body
 //! limit, catch panic); `bench-server stack 3002` serves the same inbound stack with plain
-//! `axum::serve`, to tell the stack's cost from the runtime's. Logs go to stderr at WARN so the
+//! `axum::serve`, to tell the stack's cost from the runtime's; `bench-server otlp-sink 4318`
+//! accepts and drops OTLP exports, for runs with span export on. Logs go to stderr at WARN so the
 //! load run measures the stack, not the terminal.
 
 use std::process::ExitCode;
@@ -38,6 +39,18 @@ fn main() -> ExitCode {
                     std::future::ready(Ok::<_, std::convert::Infallible>(stack.clone()))
                 });
                 axum::serve(listener, make).await.expect("serve");
+            });
+            ExitCode::SUCCESS
+        }
+        // An OTLP/HTTP endpoint that accepts and drops every export, for runs of the chassis
+        // with span export on (`APP__TELEMETRY__OTLP__ENDPOINT=http://127.0.0.1:4318`).
+        "otlp-sink" => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+                let sink =
+                    axum::Router::new().route("/v1/traces", axum::routing::post(|_: axum::body::Bytes| async {}));
+                axum::serve(listener, sink).await.expect("serve");
             });
             ExitCode::SUCCESS
         }
@@ -90,7 +103,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: bench-server <bare|stack|chassis|idempotency-none|idempotency-memory|idempotency-redis|idempotency-postgres> [port]"
+                "usage: bench-server <bare|stack|chassis|otlp-sink|idempotency-none|idempotency-memory|idempotency-redis|idempotency-postgres> [port]"
             );
             ExitCode::FAILURE
         }
