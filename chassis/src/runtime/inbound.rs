@@ -151,7 +151,7 @@ impl Service<Request<Body>> for InboundService {
         {
             return InboundFuture {
                 state: InboundState::Admin {
-                    inner: admin.clone().oneshot(request),
+                    inner: Box::pin(admin.clone().oneshot(request)),
                 },
             };
         }
@@ -178,9 +178,10 @@ pin_project! {
             #[pin]
             inner: <Stack as Service<Request<Body>>>::Future,
         },
+        // Boxed: the rare admin request (with `admin.shared`) must not make every request's
+        // future as large as a pending request.
         Admin {
-            #[pin]
-            inner: tower::util::Oneshot<Router, Request<Body>>,
+            inner: Pin<Box<tower::util::Oneshot<Router, Request<Body>>>>,
         },
     }
 }
@@ -192,7 +193,7 @@ impl Future for InboundFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             InboundStateProj::Stack { inner } => inner.poll(cx),
-            InboundStateProj::Admin { inner } => inner.poll(cx),
+            InboundStateProj::Admin { inner } => inner.as_mut().poll(cx),
         }
     }
 }
