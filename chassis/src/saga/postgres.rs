@@ -72,13 +72,11 @@ macro_rules! select {
     };
 }
 
-impl SagaStore for PostgresSagaStore {
-    fn create<'a>(&'a self, r: &'a SagaRecord) -> BoxFuture<'a, Result<bool, SagaError>> {
-        Box::pin(async move {
-            let inserted = sqlx::query(
-                "INSERT INTO chassis_sagas (saga, id, status, step, data, failed_step, error, version)
-                 VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8) ON CONFLICT DO NOTHING",
-            )
+impl PostgresSagaStore {
+    /// Runs `statement` with the record's columns bound as `$1`..`$8` (saga, id, status, step,
+    /// data, failed_step, error, version); `true` when it changed a row.
+    async fn write(&self, statement: &'static str, r: &SagaRecord) -> Result<bool, SagaError> {
+        let changed = sqlx::query(statement)
             .bind(&r.saga)
             .bind(&r.id)
             .bind(r.status.as_str())
@@ -91,32 +89,27 @@ impl SagaStore for PostgresSagaStore {
             .await
             .map_err(error)?
             .rows_affected();
-            Ok(inserted == 1)
-        })
+        Ok(changed == 1)
+    }
+}
+
+impl SagaStore for PostgresSagaStore {
+    fn create<'a>(&'a self, r: &'a SagaRecord) -> BoxFuture<'a, Result<bool, SagaError>> {
+        Box::pin(self.write(
+            "INSERT INTO chassis_sagas (saga, id, status, step, data, failed_step, error, version)
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8) ON CONFLICT DO NOTHING",
+            r,
+        ))
     }
 
     fn update<'a>(&'a self, r: &'a SagaRecord) -> BoxFuture<'a, Result<bool, SagaError>> {
-        Box::pin(async move {
-            let updated = sqlx::query(
-                "UPDATE chassis_sagas
-                 SET status = $3, step = $4, data = $5::jsonb, failed_step = $6, error = $7, version = $8,
-                     updated_at = now()
-                 WHERE saga = $1 AND id = $2 AND version = $8 - 1",
-            )
-            .bind(&r.saga)
-            .bind(&r.id)
-            .bind(r.status.as_str())
-            .bind(r.step as i32)
-            .bind(r.data.to_string())
-            .bind(&r.failed_step)
-            .bind(&r.error)
-            .bind(r.version)
-            .execute(&self.pool)
-            .await
-            .map_err(error)?
-            .rows_affected();
-            Ok(updated == 1)
-        })
+        Box::pin(self.write(
+            "UPDATE chassis_sagas
+             SET status = $3, step = $4, data = $5::jsonb, failed_step = $6, error = $7, version = $8,
+                 updated_at = now()
+             WHERE saga = $1 AND id = $2 AND version = $8 - 1",
+            r,
+        ))
     }
 
     fn load<'a>(&'a self, saga: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<SagaRecord>, SagaError>> {

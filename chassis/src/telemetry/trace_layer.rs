@@ -183,16 +183,16 @@ fn server_span<B>(source: &SpanSource, request: &Request<B>, method: &'static st
         // Not traced here, but the caller's context still flows on to the calls we make.
         return parent;
     }
-    let builder = || SpanBuilder::from_name(method).with_kind(SpanKind::Server);
+    fn start<T: Tracer>(tracer: &T, parent: OtelContext, method: &'static str) -> OtelContext
+    where
+        T::Span: Send + Sync + 'static,
+    {
+        let span = tracer.build_with_context(SpanBuilder::from_name(method).with_kind(SpanKind::Server), &parent);
+        parent.with_span(span)
+    }
     let cx = match source {
-        SpanSource::Recorded(tracer) => {
-            let span = tracer.build_with_context(builder(), &parent);
-            parent.with_span(span)
-        }
-        SpanSource::Global(tracer) => {
-            let span = tracer.build_with_context(builder(), &parent);
-            parent.with_span(span)
-        }
+        SpanSource::Recorded(tracer) => start(tracer, parent, method),
+        SpanSource::Global(tracer) => start(tracer.as_ref(), parent, method),
         SpanSource::Propagated(sampler) => return propagated(sampler, parent, method),
     };
     let span = cx.span();
