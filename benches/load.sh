@@ -32,7 +32,10 @@ if [ "${EXPORT:-0}" = 1 ]; then
     CHASSIS_ENV=(APP__TELEMETRY__OTLP__ENDPOINT=http://127.0.0.1:4318)
 fi
 
-# run <mode> <port>: prints "requests/s p99"
+# CPU time (user + system) the process has used, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run <mode> <port>: prints "requests/s p99 cpu-µs-per-request"
 run() {
     local mode=$1 port=$2
     local extra=()
@@ -41,26 +44,32 @@ run() {
     local pid=$!
     for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/users/1" >/dev/null && break; sleep 0.1; done
     $PIN_WRK wrk -t1 -c"$CONNECTIONS" -d1s "http://127.0.0.1:$port/users/42" >/dev/null # warm-up
+    local before after
+    before=$(cpu_ticks "$pid")
     $PIN_WRK wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/users/42" > "/tmp/wrk-$mode.txt"
+    after=$(cpu_ticks "$pid")
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-    awk '/Requests\/sec/ {rps=$2} $1 == "99%" {p99=$2} END {print rps, p99}' "/tmp/wrk-$mode.txt"
+    awk -v ticks="$((after - before))" -v hz="$(getconf CLK_TCK)" '
+        /requests in/ {n=$1} /Requests\/sec/ {rps=$2} $1 == "99%" {p99=$2}
+        END {printf "%s %s %.2f\n", rps, p99, ticks / hz * 1e6 / n}' "/tmp/wrk-$mode.txt"
 }
 
 results=()
 for round in $(seq 1 "$ROUNDS"); do
-    read -r bare_rps bare_p99 < <(run bare 3100)
-    read -r chassis_rps chassis_p99 < <(run chassis 3101)
+    read -r bare_rps bare_p99 bare_cpu < <(run bare 3100)
+    read -r chassis_rps chassis_p99 chassis_cpu < <(run chassis 3101)
     ratio=$(awk -v b="$bare_rps" -v c="$chassis_rps" 'BEGIN {printf "%.1f", 100 * c / b}')
-    echo "round $round: bare $bare_rps req/s (p99 $bare_p99), chassis $chassis_rps req/s (p99 $chassis_p99): $ratio %" >&2
-    results+=("$bare_rps $bare_p99 $chassis_rps $chassis_p99 $ratio")
+    echo "round $round: bare $bare_rps req/s (p99 $bare_p99, $bare_cpu µs CPU/req)," \
+        "chassis $chassis_rps req/s (p99 $chassis_p99, $chassis_cpu µs CPU/req): $ratio %" >&2
+    results+=("$bare_rps $bare_p99 $chassis_rps $chassis_p99 $ratio $bare_cpu $chassis_cpu")
 done
 
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 column() { printf '%s\n' "${results[@]}" | awk -v c="$1" '{print $c}'; }
 # p99 as reported by wrk (ms or us); normalised to ms for the median.
 ms() { sed -E 's/([0-9.]+)us/\1 0.001/; s/([0-9.]+)ms/\1 1/; s/([0-9.]+)s$/\1 1000/' | awk '{printf "%.2f\n", $1 * $2}'; }
-echo "| server | requests/s (median of $ROUNDS) | p99 (median) |"
-echo "|---|---|---|"
-echo "| bare axum | $(column 1 | median) | $(column 2 | ms | median) ms |"
-echo "| chassis (full stack) | $(column 3 | median) | $(column 4 | ms | median) ms |"
+echo "| server | requests/s (median of $ROUNDS) | p99 (median) | server CPU per request (median) |"
+echo "|---|---|---|---|"
+echo "| bare axum | $(column 1 | median) | $(column 2 | ms | median) ms | $(column 6 | median) µs |"
+echo "| chassis (full stack) | $(column 3 | median) | $(column 4 | ms | median) ms | $(column 7 | median) µs |"
 echo "ratio (median of per-round ratios): $(column 5 | median) %"

@@ -1278,9 +1278,12 @@ mod tests {
         call(&breaker, false).unwrap();
         tokio::time::sleep(Duration::from_millis(25)).await;
         let mut tasks = Vec::new();
+        let attempted = Arc::new(AtomicU32::new(0));
         for i in 0..64 {
             let service = service.clone();
+            let attempted = attempted.clone();
             tasks.push(tokio::spawn(async move {
+                attempted.fetch_add(1, SeqCst);
                 if i % 4 == 0 {
                     // Cancelled callers: a probe slot they held must come back.
                     let _ = tokio::time::timeout(Duration::from_millis(1), service.oneshot(())).await;
@@ -1289,7 +1292,16 @@ mod tests {
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Every caller has tried (on a busy machine the tasks may start late), and the cancelled
+        // ones have given up.
+        for _ in 0..500 {
+            if attempted.load(SeqCst) == 64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(attempted.load(SeqCst), 64, "every caller ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(breaker.state(), State::HalfOpen);
         assert!(
             peak.load(SeqCst) <= 3,

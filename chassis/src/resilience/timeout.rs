@@ -98,7 +98,7 @@ where
     fn call(&mut self, request: R) -> Self::Future {
         TimeoutFuture {
             inner: self.inner.call(request),
-            sleep: tokio::time::sleep(self.timeout),
+            sleep: None,
             timeout: self.timeout,
         }
     }
@@ -106,11 +106,14 @@ where
 
 pin_project! {
     /// Response future of [`Timeout`].
+    ///
+    /// The timer starts at the first poll that finds the call still running: most calls through
+    /// a server stack complete in their first poll and never need a clock read or a timer.
     pub struct TimeoutFuture<F> {
         #[pin]
         inner: F,
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
         timeout: Duration,
     }
 }
@@ -123,11 +126,15 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        match this.sleep.poll(cx) {
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep(*this.timeout)));
+        }
+        let sleep = this.sleep.as_pin_mut().expect("set above");
+        match sleep.poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(Box::new(Elapsed::new(*this.timeout)))),
             Poll::Pending => Poll::Pending,
         }

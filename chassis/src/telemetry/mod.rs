@@ -292,8 +292,14 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
     trace_layer::set_server_spans(server_spans_enabled(&config.trace_level));
     // The inbound layer builds server spans with the OpenTelemetry API; its `tracing` span is
     // for log lines only.
-    let not_server_span =
-        tracing_subscriber::filter::filter_fn(|meta| meta.target() != trace_layer::SERVER_SPAN_TARGET);
+    // Static filters (targets and levels only): each callsite's interest is decided once, so
+    // a disabled event or span costs nothing per hit.
+    let not_server_span = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with_target(
+            trace_layer::SERVER_SPAN_TARGET,
+            tracing_subscriber::filter::LevelFilter::OFF,
+        );
     let dispatch = tracing::Dispatch::new(
         tracing_subscriber::registry()
             .with(fmt_layer.with_filter(log_filter))

@@ -47,8 +47,10 @@ fn acceptable(value: &HeaderValue) -> bool {
 
 fn generate() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(text).expect("a UUID is a valid header value")
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    // Owned by one shared allocation from the start: the id goes into the request's headers,
+    // its extensions and the response, and a copied value would allocate again on first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf)).expect("a UUID is a valid header value")
 }
 
 /// Sets `x-request-id` on the request when missing (or unusable: empty, longer than 128

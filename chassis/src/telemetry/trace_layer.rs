@@ -366,8 +366,9 @@ struct CarriedContext(OtelContext);
 thread_local! {
     /// The context for the request span being created on this thread.
     static PENDING: std::cell::RefCell<Option<OtelContext>> = const { std::cell::RefCell::new(None) };
-    /// The contexts attached by entered request spans, innermost last.
-    static ATTACHED: std::cell::RefCell<Vec<opentelemetry::ContextGuard>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The contexts attached by entered request spans, innermost last, with the span's id.
+    static ATTACHED: std::cell::RefCell<Vec<(tracing::span::Id, opentelemetry::ContextGuard)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl ServerContextLayer {
@@ -380,8 +381,9 @@ impl ServerContextLayer {
     }
 
     /// The filter that shows this layer the request spans and nothing else.
-    pub(crate) fn filter() -> tracing_subscriber::filter::FilterFn {
-        tracing_subscriber::filter::filter_fn(|meta| meta.is_span() && meta.target() == SERVER_SPAN_TARGET)
+    /// A static filter, so no other callsite is ever asked about again.
+    pub(crate) fn filter() -> tracing_subscriber::filter::Targets {
+        tracing_subscriber::filter::Targets::new().with_target(SERVER_SPAN_TARGET, tracing::Level::INFO)
     }
 }
 
@@ -407,18 +409,21 @@ where
             && let Some(CarriedContext(cx)) = span.extensions().get::<CarriedContext>()
         {
             let guard = cx.clone().attach();
-            ATTACHED.with(|attached| attached.borrow_mut().push(guard));
+            ATTACHED.with(|attached| attached.borrow_mut().push((id.clone(), guard)));
         }
     }
 
-    fn on_exit(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        if let Some(span) = ctx.span(id)
-            && span.extensions().get::<CarriedContext>().is_some()
-        {
-            // Entered and exited in strict nesting on one thread: the last guard is this span's.
-            let guard = ATTACHED.with(|attached| attached.borrow_mut().pop());
-            drop(guard);
-        }
+    fn on_exit(&self, id: &tracing::span::Id, _: tracing_subscriber::layer::Context<'_, S>) {
+        // Entered and exited in strict nesting on one thread: if this span attached a context,
+        // it is the last one (no second lookup of the span needed to know).
+        let guard = ATTACHED.with(|attached| {
+            let mut attached = attached.borrow_mut();
+            match attached.last() {
+                Some((top, _)) if top == id => attached.pop(),
+                _ => None,
+            }
+        });
+        drop(guard);
     }
 }
 
