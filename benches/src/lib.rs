@@ -20,3 +20,29 @@ pub fn payments() -> Router {
         axum::routing::post(|| async { (axum::http::StatusCode::CREATED, r#"{"id":1}"#) }),
     )
 }
+
+/// The in-process pair every inbound benchmark compares: [`routes`] bare, and the same routes in
+/// the chassis' inbound stack with telemetry and metrics installed as a service has them by
+/// default (logs at WARN, server span per request, no exporter). Keep the guard alive for the
+/// run.
+pub fn inbound_pair() -> (
+    chassis::telemetry::TelemetryGuard,
+    Router,
+    chassis::runtime::InboundService,
+) {
+    let config = chassis::config::ConfigLoader::new()
+        .set("telemetry.log_level", "warn")
+        .load::<()>()
+        .expect("bench config");
+    let telemetry = chassis::telemetry::init(&config.chassis.service, &config.chassis.telemetry).expect("telemetry");
+    chassis::metrics::install(&config.chassis.metrics, &config.chassis.service).expect("metrics");
+    let stack = chassis::runtime::InboundService::new(routes(), &config.chassis);
+    (telemetry, routes(), stack)
+}
+
+/// The request of the inbound benchmarks: `GET /users/42`.
+pub fn get_user() -> axum::http::Request<axum::body::Body> {
+    axum::http::Request::get("/users/42")
+        .body(axum::body::Body::empty())
+        .expect("a valid request")
+}

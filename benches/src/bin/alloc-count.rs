@@ -10,8 +10,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::body::Body;
-use http::Request;
+use chassis_benches::get_user as request;
 use tower::{Service, ServiceExt};
 
 struct Counting;
@@ -69,10 +68,6 @@ static GLOBAL: Counting = Counting;
 
 const REQUESTS: u64 = 10_000;
 
-fn request() -> Request<Body> {
-    Request::get("/users/42").body(Body::empty()).unwrap()
-}
-
 /// Allocations and bytes per request of `call`, after a warm-up that fills the caches (metric
 /// handles, span names).
 async fn measure<F, Fut>(mut call: F) -> (f64, f64)
@@ -94,20 +89,12 @@ where
 }
 
 fn main() {
-    let config = chassis::config::ConfigLoader::new()
-        .set("telemetry.log_level", "warn")
-        .load::<()>()
-        .expect("config");
+    let (_telemetry, bare, stack) = chassis_benches::inbound_pair();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let _telemetry =
-            chassis::telemetry::init(&config.chassis.service, &config.chassis.telemetry).expect("telemetry");
-        chassis::metrics::install(&config.chassis.metrics, &config.chassis.service).expect("metrics");
-        let bare = chassis_benches::routes();
-        let stack = chassis::runtime::InboundService::new(chassis_benches::routes(), &config.chassis);
         let bare = measure(|| {
             let svc = bare.clone();
             async move {

@@ -9,15 +9,10 @@
 
 use std::time::Instant;
 
-use axum::body::Body;
-use http::Request;
+use chassis_benches::get_user as request;
 use tower::{Service, ServiceExt};
 
 const PER_BLOCK: u32 = 20_000;
-
-fn request() -> Request<Body> {
-    Request::get("/users/42").body(Body::empty()).unwrap()
-}
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -31,19 +26,12 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn main() {
     let blocks: usize = std::env::args().nth(1).and_then(|b| b.parse().ok()).unwrap_or(30);
-    let config = chassis::config::ConfigLoader::new()
-        .set("telemetry.log_level", "warn")
-        .load::<()>()
-        .expect("config");
+    let (_telemetry, bare, stack) = chassis_benches::inbound_pair();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let _telemetry = chassis::telemetry::init(&config.chassis.service, &config.chassis.telemetry).expect("telemetry");
-        chassis::metrics::install(&config.chassis.metrics, &config.chassis.service).expect("metrics");
-        let bare = chassis_benches::routes();
-        let stack = chassis::runtime::InboundService::new(chassis_benches::routes(), &config.chassis);
         let (mut bare_ns, mut stack_ns, mut overhead_ns) = (Vec::new(), Vec::new(), Vec::new());
         for block in 0..=blocks {
             let started = Instant::now();
