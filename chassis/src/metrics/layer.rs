@@ -107,9 +107,11 @@ fn active_gauge(method: &'static str) -> &'static Gauge {
 // Keys are route templates of the service's own router, never client input: a fast unkeyed
 // hash is safe here, and SipHash on every request is measurable.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
-type DurationHandles = RwLock<FastMap<(usize, u16), FastMap<Box<str>, Histogram>>>;
+// Kept for the life of the process (the set is bounded by routes x methods x statuses), so a
+// request borrows its handle instead of cloning and dropping an `Arc`.
+type DurationHandles = RwLock<FastMap<(usize, u16), FastMap<Box<str>, &'static Histogram>>>;
 
-fn duration_histogram(method: &'static str, route: &str, status: u16) -> Histogram {
+fn duration_histogram(method: &'static str, route: &str, status: u16) -> &'static Histogram {
     static HANDLES: OnceLock<DurationHandles> = OnceLock::new();
     let handles = HANDLES.get_or_init(Default::default);
     let key = (method_index(method), status);
@@ -119,21 +121,21 @@ fn duration_histogram(method: &'static str, route: &str, status: u16) -> Histogr
         .get(&key)
         .and_then(|routes| routes.get(route))
     {
-        return histogram.clone();
+        return histogram;
     }
-    let histogram = metrics::histogram!(
+    let histogram: &'static Histogram = Box::leak(Box::new(metrics::histogram!(
         HTTP_SERVER_REQUEST_DURATION,
         "http_request_method" => method,
         "http_route" => route.to_owned(),
         "http_response_status_code" => status_label(status),
-    );
-    handles
+    )));
+    *handles
         .write()
         .unwrap_or_else(|e| e.into_inner())
         .entry(key)
         .or_default()
-        .insert(route.into(), histogram.clone());
-    histogram
+        .entry(route.into())
+        .or_insert(histogram)
 }
 
 /// Decrements the in-flight gauge even when the request future is dropped (client gone,

@@ -25,10 +25,13 @@ use crate::resilience::rate_limit::{RateLimit, RateLimitLayer};
 use crate::resilience::timeout::{Timeout, TimeoutLayer};
 use crate::telemetry::{RequestIdLayer, SetRequestId, TraceLayer, TraceService};
 
-type Routes = <DefaultBodyLimit as Layer<Router>>::Service;
+type Routes = Either<<DefaultBodyLimit as Layer<Router>>::Service, Router>;
 type Guarded = Timeout<BodyLimit<RecoverPanic<Routes>>>;
 type Unboxed = Either<RateLimit<Guarded>, Guarded>;
 type UnboxedFuture = <Unboxed as Service<Request<Body>>>::Future;
+/// The body limit axum's extractors apply when no `DefaultBodyLimit` says otherwise.
+const AXUM_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
 /// The inner layers' and the router's future (with the timeout's timer), boxed once: every
 /// layer above returns its own future by value, and without the box each would copy them again.
 type Limited = MapFuture<Unboxed, fn(UnboxedFuture) -> Pin<Box<UnboxedFuture>>>;
@@ -73,9 +76,14 @@ impl InboundService {
         let http = &config.http;
         // Only what needs the matched route sits on the routes (a layer there costs a boxed
         // clone per request); everything else wraps the router once. Our BodyLimit answers
-        // declared lengths up front; DefaultBodyLimit (which also lifts axum's own 2 MiB
-        // default) catches chunked bodies while the handler reads them.
-        let routes = DefaultBodyLimit::max(http.body_limit.as_usize()).layer(routes.layer(CaptureRouteLayer));
+        // declared lengths up front; axum's extractors cap chunked bodies while the handler
+        // reads them, at DefaultBodyLimit's value or their own 2 MiB. At 2 MiB the layer would
+        // only repeat that default, at the price of an extension per request.
+        let routes = routes.layer(CaptureRouteLayer);
+        let routes: Routes = match http.body_limit.as_usize() {
+            AXUM_BODY_LIMIT => Either::Right(routes),
+            limit => Either::Left(DefaultBodyLimit::max(limit).layer(routes)),
+        };
         let caught = RecoverPanicLayer.layer(routes);
         let guarded: Guarded =
             TimeoutLayer::new(http.request_timeout).layer(BodyLimitLayer::new(http.body_limit.bytes()).layer(caught));
@@ -195,5 +203,53 @@ impl Future for InboundFuture {
             InboundStateProj::Stack { inner } => inner.poll(cx),
             InboundStateProj::Admin { inner } => inner.as_mut().poll(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::post;
+    use http::StatusCode;
+
+    /// The status of posting `len` bytes without a `Content-Length` (so only the extractor's
+    /// limit can stop it) under `http.body_limit = limit`.
+    async fn post_undeclared(limit: &str, len: usize) -> StatusCode {
+        let config = crate::config::ConfigLoader::new()
+            .set("http.body_limit", limit)
+            .load::<()>()
+            .expect("config");
+        let routes = Router::new().route(
+            "/echo",
+            post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        );
+        let request = Request::post("/echo").body(Body::from(vec![b'x'; len])).unwrap();
+        assert!(request.headers().get(http::header::CONTENT_LENGTH).is_none());
+        let response = InboundService::new(routes, &config.chassis)
+            .oneshot(request)
+            .await
+            .unwrap();
+        response.status()
+    }
+
+    #[tokio::test]
+    async fn bodies_of_unknown_length_are_capped_at_the_configured_limit() {
+        const MIB: usize = 1024 * 1024;
+        assert_eq!(post_undeclared("2MiB", 2 * MIB).await, StatusCode::OK);
+        assert_eq!(
+            post_undeclared("2MiB", 2 * MIB + 1).await,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(post_undeclared("1KiB", 1024).await, StatusCode::OK);
+        assert_eq!(post_undeclared("1KiB", 1025).await, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            post_undeclared("4MiB", 3 * MIB).await,
+            StatusCode::OK,
+            "above axum's own default"
+        );
+        assert_eq!(
+            post_undeclared("4MiB", 4 * MIB + 1).await,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 }

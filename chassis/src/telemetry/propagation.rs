@@ -53,6 +53,13 @@ pub fn propagator() -> &'static TextMapCompositePropagator {
 /// assert!(!chassis::telemetry::extract_context(&headers).span().span_context().is_valid());
 /// ```
 pub fn extract_context(headers: &HeaderMap) -> Context {
+    // Most requests carry neither field, and then every propagator leaves the current context
+    // as it is: two lookups by a prepared name instead of parsing each field name per request.
+    const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+    if !headers.contains_key(TRACEPARENT) && !headers.contains_key(BAGGAGE) {
+        return Context::current();
+    }
     propagator().extract(&HeaderExtractor(headers))
 }
 
@@ -67,4 +74,53 @@ pub fn extract_context(headers: &HeaderMap) -> Context {
 /// ```
 pub fn inject_context(cx: &Context, headers: &mut HeaderMap) {
     propagator().inject_context(cx, &mut HeaderInjector(headers));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::baggage::BaggageExt;
+    use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceId};
+
+    fn remote(trace_id: &str) -> Context {
+        Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from_hex(trace_id).unwrap(),
+            opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            Default::default(),
+        ))
+    }
+
+    #[test]
+    fn without_fields_the_current_context_stays_and_with_them_it_is_replaced() {
+        let _current = remote("11111111111111111111111111111111").attach();
+        let trace_id = |cx: &Context| cx.span().span_context().trace_id().to_string();
+        assert_eq!(
+            trace_id(&extract_context(&HeaderMap::new())),
+            "11111111111111111111111111111111"
+        );
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(trace_id(&extract_context(&headers)), "4bf92f3577b34da6a3ce929d0e0e4736");
+
+        let mut headers = HeaderMap::new();
+        headers.insert("baggage", "tenant=acme".parse().unwrap());
+        let cx = extract_context(&headers);
+        assert_eq!(
+            cx.baggage().get("tenant").map(|v| v.as_str().to_owned()),
+            Some("acme".into())
+        );
+        assert_eq!(
+            trace_id(&cx),
+            "11111111111111111111111111111111",
+            "baggage alone keeps the trace"
+        );
+    }
 }
