@@ -129,7 +129,7 @@ fn duration_histogram(method: &'static str, route: &str, status: u16) -> &'stati
         "http_route" => route.to_owned(),
         "http_response_status_code" => status_label(status),
     )));
-    *handles
+    handles
         .write()
         .unwrap_or_else(|e| e.into_inner())
         .entry(key)
