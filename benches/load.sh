@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Load run: the same routes served by bare axum and by the chassis (full inbound stack), measured
 # with wrk over loopback. The two servers alternate for several rounds and the medians are
-# reported, so drift on a shared machine hits both alike.
+# reported, so drift on a shared machine hits both alike: many short rounds resist a noisy
+# host's slow phases better than a few long ones.
 #
-# Usage: bash benches/load.sh [seconds per run, default 5] [rounds, default 5]
+# Usage: bash benches/load.sh [seconds per run, default 3] [rounds, default 21]
 #        EXPORT=1 bash benches/load.sh ...   # the chassis exports its spans over OTLP/HTTP to a
 #                                            # local sink that drops them
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION="${1:-5}"
-ROUNDS="${2:-5}"
+DURATION="${1:-3}"
+ROUNDS="${2:-21}"
 CONNECTIONS=32
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 1; }
 cargo build --release -q -p chassis-benches --bin bench-server

@@ -2,7 +2,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::{Entry, HeaderName, HeaderValue};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -106,11 +106,17 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let id = match request.headers().get(&REQUEST_ID_HEADER) {
-            Some(value) if acceptable(value) => value.clone(),
-            _ => {
+        // One lookup of the header for both reading it and (when missing or unusable) setting it.
+        let id = match request.headers_mut().entry(REQUEST_ID_HEADER) {
+            Entry::Occupied(entry) if acceptable(entry.get()) => entry.get().clone(),
+            Entry::Occupied(mut entry) => {
                 let id = generate();
-                request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+                entry.insert(id.clone());
+                id
+            }
+            Entry::Vacant(entry) => {
+                let id = generate();
+                entry.insert(id.clone());
                 id
             }
         };
@@ -198,5 +204,32 @@ mod tests {
         let id = response.headers()[REQUEST_ID_HEADER].to_str().unwrap();
         assert_ne!(id, long);
         assert!(uuid::Uuid::parse_str(id).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_request_carries_the_id_it_is_served_with() {
+        // What a proxy behind the layer forwards: the request's own header, set or replaced.
+        let echo = RequestIdLayer::new().layer(Router::new().route(
+            "/",
+            get(|headers: http::HeaderMap| async move { headers[REQUEST_ID_HEADER].to_str().unwrap().to_owned() }),
+        ));
+        for incoming in [None, Some("abc-123"), Some("bad id with spaces")] {
+            let mut request = Request::get("/");
+            if let Some(incoming) = incoming {
+                request = request.header("x-request-id", incoming);
+            }
+            let response = echo
+                .clone()
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let served = response.headers()[REQUEST_ID_HEADER].to_str().unwrap().to_owned();
+            let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+            assert_eq!(body, served.as_bytes(), "{incoming:?}");
+            match incoming {
+                Some("abc-123") => assert_eq!(served, "abc-123"),
+                _ => assert!(uuid::Uuid::parse_str(&served).is_ok(), "{incoming:?}: {served}"),
+            }
+        }
     }
 }
