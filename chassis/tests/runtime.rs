@@ -43,6 +43,26 @@ fn routes() -> Router {
 }
 
 #[tokio::test]
+async fn inside_a_handler_the_current_span_is_the_request_span_unless_another_is_entered() {
+    let service = spawn(|_: Context<()>| async {
+        Ok(Router::new().route(
+            "/spans",
+            get(|| async {
+                let name = |span: tracing::Span| span.metadata().map(|m| m.name()).unwrap_or("none");
+                let outer = name(tracing::Span::current());
+                let inner = tracing::info_span!("inner").in_scope(|| name(tracing::Span::current()));
+                let again = name(tracing::Span::current());
+                format!("{outer} {inner} {again}")
+            }),
+        ))
+    })
+    .await;
+    let response = client().get(url(&service, "/spans")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "HTTP request inner HTTP request");
+    service.stop().await;
+}
+
+#[tokio::test]
 async fn serves_routes_with_a_request_id_and_answers_unmatched_paths() {
     let service = spawn(|_: Context<()>| async { Ok(routes()) }).await;
     let response = client().get(url(&service, "/users/7")).send().await.unwrap();

@@ -49,6 +49,16 @@ where
     })
 }
 
+/// Whether the event happened inside an entered request span (`HTTP request`).
+fn in_request_span<S, N>(ctx: &FmtContext<'_, S, N>) -> bool
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    ctx.event_scope()
+        .is_some_and(|mut scope| scope.any(|span| span.metadata().target() == super::trace_layer::SERVER_SPAN_TARGET))
+}
+
 /// Human-readable lines:
 /// `2026-11-25T10:00:00.123Z  INFO HTTP request{...}: my_service: message k=v trace_id=… span_id=…`
 #[derive(Debug, Clone)]
@@ -99,6 +109,18 @@ where
             "{dim}{}{reset} {color}{level}{reset} ",
             humantime::format_rfc3339_millis(SystemTime::now())
         )?;
+        if !in_request_span(ctx)
+            && let Some(request) = super::trace_layer::polled_request()
+        {
+            // The request's span was not made (or not entered here): the same prefix from
+            // what it would hold.
+            let (method, path, request_id) = request.fields();
+            write!(writer, "HTTP request{{http.request.method={method:?} url.path={path:?}")?;
+            if let Some(id) = request_id {
+                write!(writer, " request_id={id:?}")?;
+            }
+            writer.write_str("}: ")?;
+        }
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 write!(writer, "{}", span.name())?;
@@ -141,15 +163,37 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        let Some((trace_id, span_id)) = trace_ids(ctx, &self.dispatch) else {
-            return self.inner.format_event(ctx, writer, event);
+        let ids = trace_ids(ctx, &self.dispatch);
+        // With no span entered, the current span is the request's, whether or not it was made.
+        let request = match ctx.lookup_current() {
+            None => super::trace_layer::polled_request(),
+            Some(_) => None,
         };
+        if ids.is_none() && request.is_none() {
+            return self.inner.format_event(ctx, writer, event);
+        }
         let mut line = String::with_capacity(256);
         self.inner.format_event(ctx, Writer::new(&mut line), event)?;
-        match line.strip_prefix('{') {
-            Some(rest) => write!(writer, "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"),
-            None => writer.write_str(&line),
+        let Some(members) = line.trim_end().strip_prefix('{').and_then(|l| l.strip_suffix('}')) else {
+            return writer.write_str(&line);
+        };
+        writer.write_char('{')?;
+        if let Some((trace_id, span_id)) = ids {
+            write!(writer, "\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",")?;
         }
+        writer.write_str(members)?;
+        if let Some(request) = request {
+            let (method, path, request_id) = request.fields();
+            let mut span = serde_json::Map::new();
+            span.insert("http.request.method".into(), method.into());
+            span.insert("url.path".into(), path.into());
+            if let Some(id) = request_id {
+                span.insert("request_id".into(), id.into());
+            }
+            span.insert("name".into(), "HTTP request".into());
+            write!(writer, ",\"span\":{}", serde_json::Value::Object(span))?;
+        }
+        writer.write_str("}\n")
     }
 }
 
@@ -178,6 +222,11 @@ mod tests {
 
     /// Logs one event inside a span and returns the line, with the span's trace id.
     fn log_in_span(json: bool) -> (String, String) {
+        log_line(json, true)
+    }
+
+    /// Logs one event, inside a span or not, and returns the line, with the span's trace id.
+    fn log_line(json: bool, in_span: bool) -> (String, String) {
         let buffer = Buffer::default();
         let writer = buffer.clone();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
@@ -199,7 +248,7 @@ mod tests {
         slot.set(dispatch.downgrade()).unwrap();
         let trace_id = tracing::dispatcher::with_default(&dispatch, || {
             let span = tracing::info_span!("request");
-            let _entered = span.enter();
+            let _entered = in_span.then(|| span.enter());
             tracing::info!(answer = 42, "handled");
             use opentelemetry::trace::TraceContextExt as _;
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -216,6 +265,38 @@ mod tests {
         assert!(line.contains("answer=42"), "{line}");
         assert!(line.contains(&format!("trace_id={trace_id}")), "{line}");
         assert!(line.contains("span_id="), "{line}");
+    }
+
+    #[test]
+    fn lines_inside_a_request_carry_its_fields_whether_or_not_its_span_was_made() {
+        use super::super::trace_layer::in_polled_request;
+        let prefix = r#"HTTP request{http.request.method="GET" url.path="/orders/7" request_id="abc-1"}: "#;
+        let (line, _) = in_polled_request("GET", "/orders/7?x=1", Some("abc-1"), || log_line(false, false));
+        assert!(
+            line.contains(&format!(" {prefix}chassis::telemetry::format::tests: handled")),
+            "{line}"
+        );
+        let (line, _) = in_polled_request("GET", "/orders/7", Some("abc-1"), || log_line(false, true));
+        assert!(
+            line.contains(&format!(" {prefix}request: ")),
+            "the request outermost: {line}"
+        );
+        let (line, _) = log_line(false, false);
+        assert!(!line.contains("HTTP request"), "{line}");
+
+        let (line, _) = in_polled_request("POST", "/orders", None, || log_line(true, false));
+        let value: serde_json::Value = serde_json::from_str(line.trim()).expect(&line);
+        assert_eq!(value["span"]["name"], "HTTP request", "{line}");
+        assert_eq!(value["span"]["http.request.method"], "POST");
+        assert_eq!(value["span"]["url.path"], "/orders");
+        assert!(value["span"].get("request_id").is_none());
+        assert_eq!(value["fields"]["answer"], 42);
+        let (line, _) = in_polled_request("POST", "/orders", None, || log_line(true, true));
+        let value: serde_json::Value = serde_json::from_str(line.trim()).expect(&line);
+        assert_eq!(
+            value["span"]["name"], "request",
+            "the innermost span, as without a request"
+        );
     }
 
     #[test]

@@ -300,14 +300,17 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
             trace_layer::SERVER_SPAN_TARGET,
             tracing_subscriber::filter::LevelFilter::OFF,
         );
-    let dispatch = tracing::Dispatch::new(
+    let dispatch = tracing::Dispatch::new(trace_layer::RequestSpans::new(
         tracing_subscriber::registry()
             .with(fmt_layer.with_filter(log_filter))
             .with(otel_layer.with_filter(trace_filter.and(not_server_span)))
             .with(trace_layer::ServerContextLayer.with_filter(trace_layer::ServerContextLayer::filter())),
-    );
+    ));
     let _ = slot.set(dispatch.downgrade());
     let installed = tracing::dispatcher::set_global_default(dispatch).is_ok();
+    // Request spans are made on demand only where `Span::current()` can make them: under this
+    // subscriber, installed for the whole process.
+    trace_layer::set_lazy_request_spans(installed);
     let _ = INSTALLED.set(());
     if !installed {
         // Someone else owns the global subscriber; our provider would never see a span.

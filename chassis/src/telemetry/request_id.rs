@@ -25,7 +25,7 @@ const MAX_LEN: usize = 128;
 /// }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(HeaderValue);
+pub struct RequestId(pub(crate) HeaderValue);
 
 impl RequestId {
     /// The id as text.

@@ -163,17 +163,110 @@ fn version_str(version: Version) -> &'static str {
     }
 }
 
-/// The `tracing` span log lines inside the request belong to. Its fields are all set here:
-/// recording more later would cost a dispatch to every layer.
-fn log_span<B>(request: &Request<B>, method: &'static str) -> Span {
-    let request_id = request.extensions().get::<RequestId>().map(RequestId::as_str);
-    tracing::info_span!(
-        target: SERVER_SPAN_TARGET,
-        "HTTP request",
-        http.request.method = method,
-        url.path = request.uri().path(),
-        request_id,
-    )
+/// Whether the request's `tracing` span is made only when something asks for it (set by
+/// [`init`](super::init), whose subscriber makes it on demand; see [`RequestScope`]).
+static LAZY_SPANS: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn set_lazy_request_spans(enabled: bool) {
+    LAZY_SPANS.store(enabled, Ordering::Relaxed);
+}
+
+/// What the request's `tracing` span (`HTTP request`, target `chassis::http::server`) is made
+/// of, and the span once made.
+///
+/// The span is what `Span::current()` returns inside a handler, so that
+/// `tokio::spawn(work.in_current_span())` keeps spawned work in the request's trace. Making it
+/// in the `tracing` registry is the costliest thing the inbound stack does, and most requests
+/// never ask for it: with the chassis' subscriber ([`init`](super::init)) it is made the first
+/// time `Span::current()` is called while the request is polled and no other span is entered.
+/// Until then the server span's context is attached around each poll directly and the log
+/// formats print the request's fields from here, so log lines look the same either way.
+pub(crate) struct RequestScope {
+    method: &'static str,
+    uri: http::Uri,
+    request_id: Option<RequestId>,
+    otel: OtelContext,
+    span: std::sync::OnceLock<(Span, bool)>,
+}
+
+impl RequestScope {
+    /// The request's span, made on first use; `true` with it when the span carries the server
+    /// context (the chassis' subscriber is installed).
+    fn span(&self) -> &(Span, bool) {
+        self.span.get_or_init(|| {
+            ServerContextLayer::carrying(&self.otel, || {
+                tracing::info_span!(
+                    target: SERVER_SPAN_TARGET,
+                    "HTTP request",
+                    http.request.method = self.method,
+                    url.path = self.uri.path(),
+                    request_id = self.request_id.as_ref().map(RequestId::as_str),
+                )
+            })
+        })
+    }
+
+    /// The fields of the span, as log lines show them.
+    pub(crate) fn fields(&self) -> (&'static str, &str, Option<&str>) {
+        (
+            self.method,
+            self.uri.path(),
+            self.request_id.as_ref().map(RequestId::as_str),
+        )
+    }
+}
+
+thread_local! {
+    /// The requests being polled on this thread, innermost last.
+    static SCOPES: std::cell::RefCell<Vec<Arc<RequestScope>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps a request current on this thread while it is polled.
+struct PolledScope;
+
+impl PolledScope {
+    fn enter(scope: &Arc<RequestScope>) -> Self {
+        SCOPES.with(|scopes| scopes.borrow_mut().push(scope.clone()));
+        Self
+    }
+}
+
+impl Drop for PolledScope {
+    fn drop(&mut self) {
+        SCOPES.with(|scopes| scopes.borrow_mut().pop());
+    }
+}
+
+/// The request being polled on this thread, if any.
+pub(crate) fn polled_request() -> Option<Arc<RequestScope>> {
+    SCOPES.with(|scopes| scopes.borrow().last().cloned())
+}
+
+/// Runs `f` as if inside the poll of a request to `uri` (for tests of what sees it).
+#[cfg(test)]
+pub(crate) fn in_polled_request<R>(
+    method: &'static str,
+    uri: &'static str,
+    request_id: Option<&'static str>,
+    f: impl FnOnce() -> R,
+) -> R {
+    let scope = Arc::new(RequestScope {
+        method,
+        uri: http::Uri::from_static(uri),
+        request_id: request_id.map(|id| RequestId(http::HeaderValue::from_static(id))),
+        otel: OtelContext::new(),
+        span: std::sync::OnceLock::new(),
+    });
+    let _polled = PolledScope::enter(&scope);
+    f()
+}
+
+/// The span `Span::current()` stands for when no span is entered: the polled request's span,
+/// made now if it was not yet.
+pub(crate) fn polled_request_span() -> Option<tracing_core::span::Current> {
+    let scope = polled_request()?;
+    let (span, _) = scope.span();
+    Some(tracing_core::span::Current::new(span.id()?, span.metadata()?))
 }
 
 /// The OpenTelemetry server span, as the context handlers run in.
@@ -269,20 +362,28 @@ where
         let route = MatchedRoute::attach(&mut request);
         let method = method_label(request.method());
         let otel = server_span(&self.source, &request, method);
-        let (span, carried) = ServerContextLayer::carrying(&otel, || log_span(&request, method));
-        // Inner `call`s only route and build futures; the span is entered where work and log
-        // lines happen, in `poll`. The context is current for them all the same.
+        let scope = Arc::new(RequestScope {
+            method,
+            uri: request.uri().clone(),
+            request_id: request.extensions().get::<RequestId>().cloned(),
+            otel,
+            span: std::sync::OnceLock::new(),
+        });
+        // Without the chassis' subscriber nothing would make the span on demand: make it now,
+        // and enter it around each poll, for whatever subscriber is installed.
+        let lazy = LAZY_SPANS.load(Ordering::Relaxed);
+        let attach = lazy || !scope.span().1;
+        // Inner `call`s only route and build futures; the context is current for them too.
         let inner = {
-            let _attached = otel.clone().attach();
+            let _attached = scope.otel.clone().attach();
             self.inner.call(request)
         };
         TraceFuture {
             inner,
-            span,
-            otel,
-            attach: !carried,
+            scope,
+            lazy,
+            attach,
             route,
-            method,
             started: self.access_log.then(Instant::now),
         }
     }
@@ -293,13 +394,14 @@ pin_project! {
     pub struct TraceFuture<F> {
         #[pin]
         inner: F,
-        span: Span,
-        otel: OtelContext,
-        // The span does not carry the context (telemetry set up without the chassis' layer):
-        // attach it around each poll here.
+        scope: Arc<RequestScope>,
+        // The span is made on demand (the chassis' subscriber); otherwise it exists already and
+        // is entered around each poll.
+        lazy: bool,
+        // Attach the server context around each poll here (the span does not carry it, or
+        // is not entered).
         attach: bool,
         route: MatchedRoute,
-        method: &'static str,
         started: Option<Instant>,
     }
 }
@@ -312,24 +414,29 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _attached = this.attach.then(|| this.otel.clone().attach());
-        let result = {
-            let _entered = this.span.enter();
+        let scope = &**this.scope;
+        let _attached = this.attach.then(|| scope.otel.clone().attach());
+        let result = if *this.lazy {
+            let _polled = PolledScope::enter(this.scope);
+            ready!(this.inner.poll(cx))
+        } else {
+            let _entered = scope.span().0.enter();
             ready!(this.inner.poll(cx))
         };
         let status = result.as_ref().map(|r| r.status().as_u16()).unwrap_or(500);
         let route = this.route.get();
-        let server = this.otel.span();
+        let method = scope.method;
+        let server = scope.otel.span();
         if server.is_recording() {
             let mut attributes = Vec::with_capacity(3);
             attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
             match route {
                 Some(route) => {
-                    let names = names(this.method, route);
+                    let names = names(method, route);
                     server.update_name(names.span);
                     attributes.push(KeyValue::new("http.route", names.route));
                 }
-                None => server.update_name(*this.method),
+                None => server.update_name(method),
             }
             if status >= 500 {
                 attributes.push(KeyValue::new("error.type", i64::from(status).to_string()));
@@ -338,7 +445,7 @@ where
             server.set_attributes(attributes);
         }
         if let Some(started) = *this.started {
-            let (span, method, route) = (&*this.span, *this.method, this.route.label());
+            let (span, route) = (&scope.span().0, this.route.label());
             tracing::info!(
                 target: "chassis::access",
                 parent: span,
@@ -424,6 +531,95 @@ where
             }
         });
         drop(guard);
+    }
+}
+
+/// The chassis' subscriber: `subscriber` as it is, except that `Span::current()` with no span
+/// entered, while a request is polled, returns the request's span (made then; see
+/// [`RequestScope`]). Only `Span::current()` goes through here: the registry and its layers
+/// keep their own idea of the current span, in which the request's span is not entered.
+pub(crate) struct RequestSpans<S> {
+    inner: S,
+}
+
+impl<S> RequestSpans<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing::Subscriber for RequestSpans<S> {
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.inner.on_register_dispatch(subscriber);
+    }
+
+    fn register_callsite(&self, metadata: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        self.inner.register_callsite(metadata)
+    }
+
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        self.inner.max_level_hint()
+    }
+
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        self.inner.new_span(span)
+    }
+
+    fn record(&self, span: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        self.inner.record(span, values);
+    }
+
+    fn record_follows_from(&self, span: &tracing::span::Id, follows: &tracing::span::Id) {
+        self.inner.record_follows_from(span, follows);
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>) -> bool {
+        self.inner.event_enabled(event)
+    }
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        self.inner.event(event);
+    }
+
+    fn enter(&self, span: &tracing::span::Id) {
+        self.inner.enter(span);
+    }
+
+    fn exit(&self, span: &tracing::span::Id) {
+        self.inner.exit(span);
+    }
+
+    fn clone_span(&self, id: &tracing::span::Id) -> tracing::span::Id {
+        self.inner.clone_span(id)
+    }
+
+    fn try_close(&self, id: tracing::span::Id) -> bool {
+        self.inner.try_close(id)
+    }
+
+    fn current_span(&self) -> tracing_core::span::Current {
+        let current = self.inner.current_span();
+        if current.id().is_some() {
+            return current;
+        }
+        polled_request_span().unwrap_or(current)
+    }
+
+    // Layers find each other through the dispatcher (tracing-opentelemetry's span context,
+    // `downcast_ref::<Registry>()`): answer for the wrapped subscriber as it would.
+    #[allow(unsafe_code)]
+    unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
+        if id == std::any::TypeId::of::<Self>() {
+            return Some(self as *const Self as *const ());
+        }
+        // SAFETY: forwards the caller's request unchanged to the wrapped subscriber, which
+        // upholds the same contract (the pointer it returns is to a value of type `id` it owns,
+        // living as long as `self`).
+        unsafe { self.inner.downcast_raw(id) }
     }
 }
 
