@@ -13,7 +13,8 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 /// Longest incoming id accepted; longer ones are replaced so logs stay sane.
 const MAX_LEN: usize = 128;
 
-/// The id of the current request, from the `x-request-id` header or generated (UUID v4).
+/// The id of the current request, from the `x-request-id` header or generated (a random UUID
+/// v4, from a fast non-cryptographic generator: an id to correlate by, never a secret).
 /// Handlers can extract it from the request's extensions.
 ///
 /// ```
@@ -47,7 +48,10 @@ fn acceptable(value: &HeaderValue) -> bool {
 
 fn generate() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    // A correlation id, not a secret: random bits from a fast generator are enough, and a
+    // cryptographic one is measurable per request.
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    id.hyphenated().encode_lower(&mut buf);
     // Owned by one shared allocation from the start: the id goes into the request's headers,
     // its extensions and the response, and a copied value would allocate again on first clone.
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf)).expect("a UUID is a valid header value")
@@ -173,7 +177,11 @@ mod tests {
             .await
             .unwrap();
         let id = response.headers()[REQUEST_ID_HEADER].to_str().unwrap().to_owned();
-        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        let uuid = uuid::Uuid::parse_str(&id).expect("a UUID");
+        assert_eq!(uuid.get_version_num(), 4, "{id}");
+        assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{id}");
+        let ids: std::collections::HashSet<_> = (0..1000).map(|_| generate()).collect();
+        assert_eq!(ids.len(), 1000, "ids do not repeat");
         let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
         assert_eq!(body, id.as_bytes(), "the handler sees the same id");
     }

@@ -443,6 +443,8 @@ where
                 server.set_status(Status::error(""));
             }
             server.set_attributes(attributes);
+            // Ending reads the clock; a span that records nothing has nothing to end.
+            server.end();
         }
         if let Some(started) = *this.started {
             let (span, route) = (&scope.span().0, this.route.label());
@@ -456,7 +458,6 @@ where
                 "request completed"
             );
         }
-        server.end();
         Poll::Ready(result)
     }
 }
