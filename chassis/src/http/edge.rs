@@ -113,6 +113,9 @@ where
         Poll::Ready(Ok(()))
     }
 
+    // The layers are thin and the request and futures they pass on are large: inlined,
+    // they are built in place instead of copied at every layer (docs/src/performance.md).
+    #[inline(always)]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         ProblemFuture {
             inner: self.inner.call(request),
@@ -135,6 +138,7 @@ where
 {
     type Output = Result<Response, Infallible>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Poll::Ready(Ok(match ready!(self.project().inner.poll(cx)) {
             Ok(response) => response,
@@ -203,6 +207,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline(always)]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let declared = request
             .headers()
@@ -249,6 +254,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             BodyLimitProj::Inner { inner } => inner.poll(cx).map_err(Into::into),
@@ -324,6 +330,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.call(request))) {
             Ok(future) => RecoverPanicFuture {
@@ -360,6 +367,7 @@ where
 {
     type Output = Result<Response, E>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             RecoverStateProj::Running { future } => {

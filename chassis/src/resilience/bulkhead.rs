@@ -155,6 +155,9 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    // The layers are thin and the request and futures they pass on are large: inlined,
+    // they are built in place instead of copied at every layer (docs/src/performance.md).
+    #[inline(always)]
     fn call(&mut self, request: R) -> Self::Future {
         if let Ok(permit) = self.shared.semaphore.clone().try_acquire_owned() {
             return BulkheadFutureState::Running {
@@ -229,6 +232,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             BulkheadProj::Running { inner, .. } => inner.poll(cx).map_err(Into::into),

@@ -95,6 +95,9 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    // The layers are thin and the request and futures they pass on are large: inlined,
+    // they are built in place instead of copied at every layer (docs/src/performance.md).
+    #[inline(always)]
     fn call(&mut self, request: R) -> Self::Future {
         TimeoutFuture {
             inner: self.inner.call(request),
@@ -125,6 +128,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
