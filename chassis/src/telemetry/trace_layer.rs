@@ -70,8 +70,11 @@ fn span_source() -> SpanSource {
 ///   `tracing` or the OpenTelemetry API) are its children and log lines carry its ids.
 ///
 /// The span is built with the global tracer provider as it is when the layer is created (after
-/// [`init`](super::init)). Alongside, a `tracing` span `HTTP request` (target
-/// `chassis::http::server`) gives log lines the method, path and request id.
+/// [`init`](super::init)). Log lines inside the request carry its method, path and request
+/// id, and `tracing::Span::current()` in a handler is a `tracing` span `HTTP request` (target
+/// `chassis::http::server`) that carries the server span's context, so
+/// `tokio::spawn(work.in_current_span())` stays in the trace. Under the subscriber of
+/// [`init`](super::init) that span is made only when something asks for it.
 ///
 /// The route is read from the [`MatchedRoute`] slot, so the router needs
 /// [`CaptureRouteLayer`](crate::http::CaptureRouteLayer) (the runtime adds it).
