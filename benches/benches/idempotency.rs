@@ -21,10 +21,7 @@ fn request(key: Option<String>) -> Request<Body> {
 }
 
 fn idempotency(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = chassis_benches::runtime();
     let handler = || async { (http::StatusCode::CREATED, r#"{"id":1}"#) };
     let bare: Router = Router::new().route("/payments", post(handler));
     let layer = IdempotencyLayer::new(Arc::new(MemoryStore::new(10_000_000)), Default::default()).unwrap();

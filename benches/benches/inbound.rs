@@ -8,10 +8,7 @@ use tower::{Service, ServiceExt};
 
 fn inbound(c: &mut Criterion) {
     let (_telemetry, bare, stack) = chassis_benches::inbound_pair();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = chassis_benches::runtime();
 
     let mut group = c.benchmark_group("inbound");
     group.bench_function("bare_axum", |b| {

@@ -49,3 +49,11 @@ pub fn get_user() -> axum::http::Request<axum::body::Body> {
         .body(axum::body::Body::empty())
         .expect("a valid request")
 }
+
+/// The single-threaded runtime the in-process benchmarks drive the services on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

@@ -90,10 +90,7 @@ where
 
 fn main() {
     let (_telemetry, bare, stack) = chassis_benches::inbound_pair();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = chassis_benches::runtime();
     runtime.block_on(async {
         let bare = measure(|| {
             let svc = bare.clone();

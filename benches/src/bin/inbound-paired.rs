@@ -27,10 +27,7 @@ fn median(values: &mut [f64]) -> f64 {
 fn main() {
     let blocks: usize = std::env::args().nth(1).and_then(|b| b.parse().ok()).unwrap_or(30);
     let (_telemetry, bare, stack) = chassis_benches::inbound_pair();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = chassis_benches::runtime();
     runtime.block_on(async {
         let (mut bare_ns, mut stack_ns, mut overhead_ns) = (Vec::new(), Vec::new(), Vec::new());
         for block in 0..=blocks {

@@ -114,10 +114,10 @@ where
         {
             // The request's span was not made (or not entered here): the same prefix from
             // what it would hold.
-            let (method, path, request_id) = request.fields();
-            write!(writer, "HTTP request{{http.request.method={method:?} url.path={path:?}")?;
-            if let Some(id) = request_id {
-                write!(writer, " request_id={id:?}")?;
+            write!(writer, "{}{{", super::trace_layer::REQUEST_SPAN_NAME)?;
+            for (i, (name, value)) in request.fields().enumerate() {
+                let separator = if i == 0 { "" } else { " " };
+                write!(writer, "{separator}{name}={value:?}")?;
             }
             writer.write_str("}: ")?;
         }
@@ -183,14 +183,11 @@ where
         }
         writer.write_str(members)?;
         if let Some(request) = request {
-            let (method, path, request_id) = request.fields();
-            let mut span = serde_json::Map::new();
-            span.insert("http.request.method".into(), method.into());
-            span.insert("url.path".into(), path.into());
-            if let Some(id) = request_id {
-                span.insert("request_id".into(), id.into());
-            }
-            span.insert("name".into(), "HTTP request".into());
+            let mut span: serde_json::Map<_, _> = request
+                .fields()
+                .map(|(name, value)| (name.into(), value.into()))
+                .collect();
+            span.insert("name".into(), super::trace_layer::REQUEST_SPAN_NAME.into());
             write!(writer, ",\"span\":{}", serde_json::Value::Object(span))?;
         }
         writer.write_str("}\n")

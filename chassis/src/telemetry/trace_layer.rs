@@ -166,6 +166,9 @@ fn version_str(version: Version) -> &'static str {
     }
 }
 
+/// The name of the request's `tracing` span.
+pub(crate) const REQUEST_SPAN_NAME: &str = "HTTP request";
+
 /// Whether the request's `tracing` span is made only when something asks for it (set by
 /// [`init`](super::init), whose subscriber makes it on demand; see [`RequestScope`]).
 static LAZY_SPANS: AtomicBool = AtomicBool::new(false);
@@ -198,9 +201,10 @@ impl RequestScope {
     fn span(&self) -> &(Span, bool) {
         self.span.get_or_init(|| {
             ServerContextLayer::carrying(&self.otel, || {
+                // The fields of `fields`, which the log formats print while the span is not made.
                 tracing::info_span!(
                     target: SERVER_SPAN_TARGET,
-                    "HTTP request",
+                    REQUEST_SPAN_NAME,
                     http.request.method = self.method,
                     url.path = self.uri.path(),
                     request_id = self.request_id.as_ref().map(RequestId::as_str),
@@ -209,13 +213,16 @@ impl RequestScope {
         })
     }
 
-    /// The fields of the span, as log lines show them.
-    pub(crate) fn fields(&self) -> (&'static str, &str, Option<&str>) {
-        (
-            self.method,
-            self.uri.path(),
-            self.request_id.as_ref().map(RequestId::as_str),
-        )
+    /// The span's fields by name, as the log formats show them (the request id only when
+    /// there is one).
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("http.request.method", Some(self.method)),
+            ("url.path", Some(self.uri.path())),
+            ("request_id", self.request_id.as_ref().map(RequestId::as_str)),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
     }
 }
 
