@@ -18,6 +18,7 @@
 mod layer;
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -54,6 +55,11 @@ pub struct MetricsConfig {
     /// in `_seconds`. Default: the OpenTelemetry HTTP recommendation,
     /// `[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]`.
     pub duration_buckets: Vec<f64>,
+    /// `metrics.upkeep_interval`: how often histogram samples are folded into their buckets
+    /// between scrapes. Default `"5s"`. The recorder keeps each sample until then, so without
+    /// it an unscraped service would hold every sample it ever recorded.
+    #[serde(with = "crate::config::duration")]
+    pub upkeep_interval: Duration,
 }
 
 impl Default for MetricsConfig {
@@ -62,6 +68,7 @@ impl Default for MetricsConfig {
             enabled: true,
             process: true,
             duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
+            upkeep_interval: Duration::from_secs(5),
         }
     }
 }
@@ -75,6 +82,11 @@ impl MetricsConfig {
                 && buckets.windows(2).all(|w| w[0] < w[1]),
             "metrics.duration_buckets",
             "must be a non-empty list of positive numbers in increasing order",
+        );
+        problems.check(
+            !self.upkeep_interval.is_zero(),
+            "metrics.upkeep_interval",
+            "must be longer than zero, e.g. \"5s\"",
         );
     }
 }
@@ -114,8 +126,7 @@ impl MetricsHandle {
         if let Some(process) = &self.process {
             process.collect();
         }
-        // Upkeep drains histogram buckets; doing it at scrape time spares a background task.
-        self.prometheus.run_upkeep();
+        // Rendering folds in the histogram samples recorded since the last upkeep.
         self.prometheus.render()
     }
 }
@@ -144,6 +155,7 @@ pub fn install(config: &MetricsConfig, service: &ServiceConfig) -> Result<Metric
                 .build_recorder();
             let prometheus = recorder.handle();
             metrics::set_global_recorder(recorder).map_err(|_| MetricsError::RecorderTaken)?;
+            spawn_upkeep(prometheus.clone(), config.upkeep_interval);
             let process = config.process.then(|| {
                 let collector = metrics_process::Collector::default();
                 collector.describe();
@@ -164,6 +176,26 @@ pub fn install(config: &MetricsConfig, service: &ServiceConfig) -> Result<Metric
     Ok(handle)
 }
 
+/// Name of the thread that folds histogram samples into buckets between scrapes.
+// At most 15 characters: Linux keeps no more of a thread's name.
+const UPKEEP_THREAD: &str = "metrics-upkeep";
+
+/// Folds histogram samples into their buckets every `interval`, for the life of the process
+/// (as long as the global recorder). A thread, not a task: the recorder is installed once per
+/// process and outlives any runtime.
+fn spawn_upkeep(prometheus: PrometheusHandle, interval: Duration) {
+    let spawned = std::thread::Builder::new().name(UPKEEP_THREAD.into()).spawn(move || {
+        loop {
+            std::thread::sleep(interval);
+            prometheus.run_upkeep();
+        }
+    });
+    if let Err(error) = spawned {
+        // Scrapes still fold the samples; only an unscraped process keeps them longer.
+        tracing::warn!(%error, "could not start the metrics upkeep thread");
+    }
+}
+
 fn describe() {
     metrics::describe_histogram!(
         HTTP_SERVER_REQUEST_DURATION,
@@ -172,4 +204,44 @@ fn describe() {
     );
     metrics::describe_gauge!(HTTP_SERVER_ACTIVE_REQUESTS, "Number of HTTP server requests in flight.");
     metrics::describe_gauge!(BUILD_INFO, "Build information of the service; always 1.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_samples_are_folded_on_a_thread_of_their_own() {
+        install(&MetricsConfig::default(), &ServiceConfig::default()).unwrap();
+        let threads = || -> Vec<String> {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                // Other tests' threads come and go while this reads.
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim_end().to_owned())
+                .collect()
+        };
+        // A new thread names itself once it runs; until then it shows its parent's name.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut found = threads();
+        while !found.iter().any(|name| name == UPKEEP_THREAD) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            found = threads();
+        }
+        assert_eq!(
+            found.iter().filter(|name| *name == UPKEEP_THREAD).count(),
+            1,
+            "one upkeep thread per process, found {found:?}"
+        );
+    }
+
+    #[test]
+    fn a_zero_upkeep_interval_is_refused() {
+        let error = crate::config::ConfigLoader::new()
+            .set("metrics.upkeep_interval", "0s")
+            .load::<()>()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("metrics.upkeep_interval"), "{error}");
+    }
 }

@@ -135,6 +135,31 @@ impl InboundService {
     }
 }
 
+/// An empty extensions map with room for what a request gathers on its way to the handler
+/// without growing: the stack's own (`ConnectInfo`, `RequestId`, `MatchedRoute`) and axum's
+/// (`OriginalUri`, `MatchedPath`, the path parameters). A map starts with room for three and
+/// would be rebuilt at the fourth, on every request.
+fn presized_extensions() -> http::Extensions {
+    #[derive(Clone)]
+    struct Room<const N: usize>;
+    static EMPTY: std::sync::OnceLock<http::Extensions> = std::sync::OnceLock::new();
+    EMPTY
+        .get_or_init(|| {
+            let mut extensions = http::Extensions::new();
+            // Four entries grow the map to hold seven; removing them keeps that size.
+            extensions.insert(Room::<0>);
+            extensions.insert(Room::<1>);
+            extensions.insert(Room::<2>);
+            extensions.insert(Room::<3>);
+            extensions.remove::<Room<0>>();
+            extensions.remove::<Room<1>>();
+            extensions.remove::<Room<2>>();
+            extensions.remove::<Room<3>>();
+            extensions
+        })
+        .clone()
+}
+
 /// `true` for the paths the admin router answers.
 pub(crate) fn is_admin_path(path: &str) -> bool {
     path == "/metrics" || path == "/circuit-breakers" || path.starts_with("/health/")
@@ -154,6 +179,9 @@ impl Service<Request<Body>> for InboundService {
     // they are built in place instead of copied at every layer (docs/src/performance.md).
     #[inline(always)]
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        if request.extensions().is_empty() {
+            *request.extensions_mut() = presized_extensions();
+        }
         if let Some(remote) = self.remote {
             request.extensions_mut().insert(ConnectInfo(remote));
         }
@@ -233,6 +261,38 @@ mod tests {
             .await
             .unwrap();
         response.status()
+    }
+
+    #[derive(Clone)]
+    struct FromTheServer(&'static str);
+
+    #[tokio::test]
+    async fn handlers_see_the_extensions_of_the_server_and_none_of_the_presizing() {
+        assert!(presized_extensions().is_empty());
+        assert_eq!(presized_extensions().len(), 0);
+        let routes = Router::new().route(
+            "/",
+            axum::routing::get(|request: Request<Body>| async move {
+                let extensions = request.extensions();
+                // Ours (request id, route slot) and axum's (original URI, matched path) at least.
+                assert!(extensions.len() >= 4, "{extensions:?}");
+                extensions
+                    .get::<FromTheServer>()
+                    .map(|e| e.0)
+                    .unwrap_or("missing")
+                    .to_owned()
+            }),
+        );
+        let service = InboundService::new(routes, &Default::default());
+        for given in [None, Some(FromTheServer("kept"))] {
+            let mut request = Request::get("/").body(Body::empty()).unwrap();
+            if let Some(extension) = given.clone() {
+                request.extensions_mut().insert(extension);
+            }
+            let response = service.clone().oneshot(request).await.unwrap();
+            let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+            assert_eq!(body, given.map(|e| e.0).unwrap_or("missing"));
+        }
     }
 
     #[tokio::test]

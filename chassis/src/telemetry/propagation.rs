@@ -54,13 +54,26 @@ pub fn propagator() -> &'static TextMapCompositePropagator {
 /// ```
 pub fn extract_context(headers: &HeaderMap) -> Context {
     // Most requests carry neither field, and then every propagator leaves the current context
-    // as it is: two lookups by a prepared name instead of parsing each field name per request.
-    const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-    const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
-    if !headers.contains_key(TRACEPARENT) && !headers.contains_key(BAGGAGE) {
+    // as it is.
+    if !carries_propagation_fields(headers) {
         return Context::current();
     }
     propagator().extract(&HeaderExtractor(headers))
+}
+
+/// Whether `headers` hold `traceparent` or `baggage`, without which no propagator changes the
+/// context (`tracestate` only counts next to a `traceparent`).
+fn carries_propagation_fields(headers: &HeaderMap) -> bool {
+    const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+    // A lookup hashes the name byte by byte. A request has a handful of headers, and comparing
+    // their names (standard ones by tag, others by length first) costs less than hashing two.
+    const SCAN_UP_TO: usize = 16;
+    if headers.keys_len() <= SCAN_UP_TO {
+        headers.keys().any(|name| *name == TRACEPARENT || *name == BAGGAGE)
+    } else {
+        headers.contains_key(TRACEPARENT) || headers.contains_key(BAGGAGE)
+    }
 }
 
 /// Writes `cx` (usually the current span's context) into `headers` as `traceparent`,
@@ -122,5 +135,28 @@ mod tests {
             "11111111111111111111111111111111",
             "baggage alone keeps the trace"
         );
+    }
+
+    #[test]
+    fn the_fields_are_found_among_few_or_many_headers() {
+        for others in [0, 3, 16, 40] {
+            let mut headers = HeaderMap::new();
+            for i in 0..others {
+                headers.insert(
+                    HeaderName::from_bytes(format!("x-filler-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            headers.insert(http::header::USER_AGENT, HeaderValue::from_static("wrk"));
+            assert!(!carries_propagation_fields(&headers), "{others} other headers");
+            let mut traced = headers.clone();
+            traced.insert(
+                "traceparent",
+                HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            );
+            assert!(carries_propagation_fields(&traced), "{others} other headers");
+            headers.insert("baggage", HeaderValue::from_static("tenant=acme"));
+            assert!(carries_propagation_fields(&headers), "{others} other headers");
+        }
     }
 }
