@@ -72,9 +72,56 @@ impl BulkheadFull {
 #[derive(Debug)]
 struct Shared {
     name: String,
-    semaphore: Arc<Semaphore>,
+    slots: Slots,
     queued: AtomicUsize,
     config: BulkheadConfig,
+}
+
+/// How a call gets its slot.
+#[derive(Debug)]
+enum Slots {
+    /// Without a queue nobody ever waits, so a count of running calls is all it takes: one
+    /// compare-and-swap to enter and one subtraction to leave, no waiting list to lock.
+    Counted { running: AtomicUsize },
+    /// With a queue, tokio's semaphore hands freed slots to waiting calls in arrival order.
+    Queued { semaphore: Arc<Semaphore> },
+}
+
+/// A call's slot, given back when the call ends (or its future is dropped).
+enum Permit {
+    Counted { _slot: CountedSlot },
+    Queued { _permit: OwnedSemaphorePermit },
+}
+
+struct CountedSlot(Arc<Shared>);
+
+impl Drop for CountedSlot {
+    fn drop(&mut self) {
+        if let Slots::Counted { running } = &self.0.slots {
+            running.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+impl Shared {
+    /// A slot if one is free now.
+    fn try_enter(self: &Arc<Self>) -> Option<Permit> {
+        match &self.slots {
+            Slots::Counted { running } => running
+                .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
+                    (n < self.config.max_concurrent).then_some(n + 1)
+                })
+                .ok()
+                .map(|_| Permit::Counted {
+                    _slot: CountedSlot(self.clone()),
+                }),
+            Slots::Queued { semaphore } => semaphore
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .map(|permit| Permit::Queued { _permit: permit }),
+        }
+    }
 }
 
 impl Shared {
@@ -108,7 +155,14 @@ impl BulkheadLayer {
         Self {
             shared: Arc::new(Shared {
                 name: name.into(),
-                semaphore: Arc::new(Semaphore::new(config.max_concurrent)),
+                slots: match config.max_queued {
+                    0 => Slots::Counted {
+                        running: AtomicUsize::new(0),
+                    },
+                    _ => Slots::Queued {
+                        semaphore: Arc::new(Semaphore::new(config.max_concurrent)),
+                    },
+                },
                 queued: AtomicUsize::new(0),
                 config,
             }),
@@ -117,7 +171,14 @@ impl BulkheadLayer {
 
     /// Free slots right now.
     pub fn available(&self) -> usize {
-        self.shared.semaphore.available_permits()
+        match &self.shared.slots {
+            Slots::Counted { running } => self
+                .shared
+                .config
+                .max_concurrent
+                .saturating_sub(running.load(Ordering::Relaxed)),
+            Slots::Queued { semaphore } => semaphore.available_permits(),
+        }
     }
 }
 
@@ -159,7 +220,7 @@ where
     // they are built in place instead of copied at every layer (docs/src/performance.md).
     #[inline(always)]
     fn call(&mut self, request: R) -> Self::Future {
-        if let Ok(permit) = self.shared.semaphore.clone().try_acquire_owned() {
+        if let Some(permit) = self.shared.try_enter() {
             return BulkheadFutureState::Running {
                 inner: self.inner.call(request),
                 _permit: permit,
@@ -167,13 +228,19 @@ where
             .into();
         }
         let shared = self.shared.clone();
-        let admitted = shared.config.max_queued > 0
-            && shared
-                .queued
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < shared.config.max_queued).then_some(n + 1)
-                })
-                .is_ok();
+        let Slots::Queued { semaphore } = &shared.slots else {
+            return BulkheadFutureState::Rejected {
+                error: Some(shared.rejected()),
+            }
+            .into();
+        };
+        let semaphore = semaphore.clone();
+        let admitted = shared
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < shared.config.max_queued).then_some(n + 1)
+            })
+            .is_ok();
         if !admitted {
             return BulkheadFutureState::Rejected {
                 error: Some(shared.rejected()),
@@ -185,8 +252,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         BulkheadFutureState::Queued {
             future: Box::pin(async move {
-                let acquired =
-                    tokio::time::timeout(shared.config.max_wait, shared.semaphore.clone().acquire_owned()).await;
+                let acquired = tokio::time::timeout(shared.config.max_wait, semaphore.acquire_owned()).await;
                 shared.queued.fetch_sub(1, Ordering::AcqRel);
                 let _permit = match acquired {
                     Ok(Ok(permit)) => permit,
@@ -217,7 +283,7 @@ pin_project! {
     #[project = BulkheadProj]
     enum BulkheadFutureState<F, T> {
         /// Admitted at once.
-        Running { #[pin] inner: F, _permit: OwnedSemaphorePermit },
+        Running { #[pin] inner: F, _permit: Permit },
         /// Waiting in the queue.
         Queued { future: BoxFuture<'static, Result<T, BoxError>> },
         /// Rejected.
@@ -288,6 +354,53 @@ mod tests {
         assert_eq!(layer.available(), 1, "a finished call frees its slot");
         tx2.send(()).unwrap();
         b.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn concurrent_calls_from_many_threads_never_exceed_the_limit() {
+        use std::sync::atomic::AtomicUsize;
+        const LIMIT: usize = 3;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .build()
+            .unwrap();
+        let layer = BulkheadLayer::new("t", config(LIMIT, 0, 0));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let svc = layer.layer(service_fn({
+            let (running, most) = (running.clone(), most.clone());
+            move |()| {
+                let (running, most) = (running.clone(), most.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, Infallible>(())
+                }
+            }
+        }));
+        let (admitted, rejected) = runtime.block_on(async {
+            let calls: Vec<_> = (0..2_000).map(|_| tokio::spawn(svc.clone().oneshot(()))).collect();
+            let (mut admitted, mut rejected) = (0, 0);
+            for call in calls {
+                match call.await.unwrap() {
+                    Ok(()) => admitted += 1,
+                    Err(error) => {
+                        assert!(error.downcast_ref::<BulkheadFull>().is_some(), "{error}");
+                        rejected += 1;
+                    }
+                }
+            }
+            (admitted, rejected)
+        });
+        assert!(
+            most.load(Ordering::SeqCst) <= LIMIT,
+            "{} ran at once",
+            most.load(Ordering::SeqCst)
+        );
+        assert!(admitted > 0 && admitted + rejected == 2_000);
+        assert_eq!(layer.available(), LIMIT, "every slot is given back");
     }
 
     #[tokio::test(start_paused = true)]
