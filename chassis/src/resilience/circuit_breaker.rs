@@ -1268,10 +1268,18 @@ mod tests {
             .layer(tower::service_fn(move |_: ()| {
                 let (active, max, held) = (active.clone(), max.clone(), held.clone());
                 async move {
+                    // Counted out on drop too: a cancelled caller's probe stops running (and
+                    // gives its slot back) without reaching the end.
+                    struct Running(Arc<AtomicU32>);
+                    impl Drop for Running {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, SeqCst);
+                        }
+                    }
                     let now = active.fetch_add(1, SeqCst) + 1;
+                    let _running = Running(active);
                     max.fetch_max(now, SeqCst);
                     let _permit = held.acquire().await;
-                    active.fetch_sub(1, SeqCst);
                     Ok::<_, std::io::Error>(())
                 }
             }));

@@ -52,11 +52,33 @@ pub(crate) fn set_span_source(source: SpanSource) {
     let _ = SOURCE.set(source);
 }
 
-fn span_source() -> SpanSource {
-    SOURCE
-        .get()
-        .cloned()
-        .unwrap_or_else(|| SpanSource::Global(Arc::new(opentelemetry::global::tracer("chassis"))))
+/// A layer's span source: the process' own, set by [`init`](super::init), borrowed for the life
+/// of the process (hyper clones the stack per request, and a reference costs nothing to copy),
+/// or, without `init`, the global tracer provider as it was when the layer was made.
+#[derive(Clone)]
+enum SourceRef {
+    Installed(&'static SpanSource),
+    Global(Arc<SpanSource>),
+}
+
+impl std::ops::Deref for SourceRef {
+    type Target = SpanSource;
+
+    fn deref(&self) -> &SpanSource {
+        match self {
+            Self::Installed(source) => source,
+            Self::Global(source) => source,
+        }
+    }
+}
+
+fn span_source() -> SourceRef {
+    match SOURCE.get() {
+        Some(source) => SourceRef::Installed(source),
+        None => SourceRef::Global(Arc::new(SpanSource::Global(Arc::new(opentelemetry::global::tracer(
+            "chassis",
+        ))))),
+    }
 }
 
 /// One server span per request, in the OpenTelemetry HTTP semantic conventions.
@@ -93,7 +115,7 @@ fn span_source() -> SpanSource {
 #[derive(Clone)]
 pub struct TraceLayer {
     access_log: bool,
-    source: Arc<SpanSource>,
+    source: SourceRef,
 }
 
 impl std::fmt::Debug for TraceLayer {
@@ -115,7 +137,7 @@ impl TraceLayer {
     pub fn new() -> Self {
         Self {
             access_log: false,
-            source: Arc::new(span_source()),
+            source: span_source(),
         }
     }
 
@@ -143,9 +165,8 @@ impl<S> Layer<S> for TraceLayer {
 pub struct TraceService<S> {
     inner: S,
     access_log: bool,
-    // Cloned with the service for every request (hyper does): one reference count, not the
-    // sampler's boxes.
-    source: Arc<SpanSource>,
+    // Cloned with the service for every request (hyper does).
+    source: SourceRef,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for TraceService<S> {
@@ -237,9 +258,16 @@ thread_local! {
 struct PolledScope;
 
 impl PolledScope {
-    fn enter(scope: &Arc<RequestScope>) -> Self {
-        SCOPES.with(|scopes| scopes.borrow_mut().push(scope.clone()));
-        Self
+    /// Runs `f` with `scope` current on this thread and hands `scope` back. The thread's stack
+    /// holds it meanwhile: moved in and out, no reference count changes per poll.
+    fn run<R>(scope: Arc<RequestScope>, f: impl FnOnce() -> R) -> (Arc<RequestScope>, R) {
+        SCOPES.with(|scopes| scopes.borrow_mut().push(scope));
+        // Pops the scope if `f` unwinds.
+        let guard = PolledScope;
+        let result = f();
+        std::mem::forget(guard);
+        let scope = SCOPES.with(|scopes| scopes.borrow_mut().pop()).expect("pushed above");
+        (scope, result)
     }
 }
 
@@ -269,8 +297,7 @@ pub(crate) fn in_polled_request<R>(
         otel: OtelContext::new(),
         span: std::sync::OnceLock::new(),
     });
-    let _polled = PolledScope::enter(&scope);
-    f()
+    PolledScope::run(scope, f).1
 }
 
 /// The span `Span::current()` stands for when no span is entered: the polled request's span,
@@ -396,7 +423,7 @@ where
         };
         TraceFuture {
             inner,
-            scope,
+            scope: Some(scope),
             lazy,
             attach,
             route,
@@ -410,7 +437,8 @@ pin_project! {
     pub struct TraceFuture<F> {
         #[pin]
         inner: F,
-        scope: Arc<RequestScope>,
+        // Always there between polls; see `PolledScope::run`.
+        scope: Option<Arc<RequestScope>>,
         // The span is made on demand (the chassis' subscriber); otherwise it exists already and
         // is entered around each poll.
         lazy: bool,
@@ -430,16 +458,22 @@ where
 
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        const BACK: &str = "the request scope is back after every poll";
         let this = self.project();
-        let scope = &**this.scope;
-        let _attached = this.attach.then(|| scope.otel.clone().attach());
+        let _attached = this
+            .attach
+            .then(|| this.scope.as_ref().expect(BACK).otel.clone().attach());
         let result = if *this.lazy {
-            let _polled = PolledScope::enter(this.scope);
-            ready!(this.inner.poll(cx))
+            let scope = this.scope.take().expect(BACK);
+            let inner = this.inner;
+            let (scope, poll) = PolledScope::run(scope, || inner.poll(cx));
+            *this.scope = Some(scope);
+            ready!(poll)
         } else {
-            let _entered = scope.span().0.enter();
+            let _entered = this.scope.as_ref().expect(BACK).span().0.enter();
             ready!(this.inner.poll(cx))
         };
+        let scope = &**this.scope.as_ref().expect(BACK);
         let status = result.as_ref().map(|r| r.status().as_u16()).unwrap_or(500);
         let route = this.route.get();
         let method = scope.method;
