@@ -104,6 +104,15 @@ impl Drop for CountedSlot {
 }
 
 impl Shared {
+    /// A place in the queue if there is room.
+    fn join_queue(&self) -> bool {
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.config.max_queued).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
     /// A slot if one is free now.
     fn try_enter(self: &Arc<Self>) -> Option<Permit> {
         match &self.slots {
@@ -227,26 +236,16 @@ where
             }
             .into();
         }
-        let shared = self.shared.clone();
-        let Slots::Queued { semaphore } = &shared.slots else {
-            return BulkheadFutureState::Rejected {
-                error: Some(shared.rejected()),
+        let semaphore = match &self.shared.slots {
+            Slots::Queued { semaphore } if self.shared.join_queue() => semaphore.clone(),
+            _ => {
+                return BulkheadFutureState::Rejected {
+                    error: Some(self.shared.rejected()),
+                }
+                .into();
             }
-            .into();
         };
-        let semaphore = semaphore.clone();
-        let admitted = shared
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < shared.config.max_queued).then_some(n + 1)
-            })
-            .is_ok();
-        if !admitted {
-            return BulkheadFutureState::Rejected {
-                error: Some(shared.rejected()),
-            }
-            .into();
-        }
+        let shared = self.shared.clone();
         // Take the service that was made ready, leave a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);

@@ -117,15 +117,10 @@ where
         let id = match request.headers_mut().entry(REQUEST_ID_HEADER) {
             Entry::Occupied(entry) if acceptable(entry.get()) => entry.get().clone(),
             Entry::Occupied(mut entry) => {
-                let id = generate();
-                entry.insert(id.clone());
-                id
+                entry.insert(generate());
+                entry.get().clone()
             }
-            Entry::Vacant(entry) => {
-                let id = generate();
-                entry.insert(id.clone());
-                id
-            }
+            Entry::Vacant(entry) => entry.insert(generate()).clone(),
         };
         request.extensions_mut().insert(RequestId(id.clone()));
         RequestIdFuture {

@@ -34,7 +34,6 @@ pub(crate) fn set_server_spans(enabled: bool) {
 }
 
 /// Where server spans come from, decided once by [`init`](super::init).
-#[derive(Clone)]
 pub(crate) enum SpanSource {
     /// Export is on: spans recorded by the process' SDK provider.
     Recorded(SdkTracer),
@@ -43,7 +42,7 @@ pub(crate) enum SpanSource {
     /// handling the request still propagate the trace, with the right sampled flag.
     Propagated(Sampler),
     /// Telemetry was set up by someone else: the global tracer provider.
-    Global(Arc<BoxedTracer>),
+    Global(BoxedTracer),
 }
 
 static SOURCE: std::sync::OnceLock<SpanSource> = std::sync::OnceLock::new();
@@ -75,9 +74,7 @@ impl std::ops::Deref for SourceRef {
 fn span_source() -> SourceRef {
     match SOURCE.get() {
         Some(source) => SourceRef::Installed(source),
-        None => SourceRef::Global(Arc::new(SpanSource::Global(Arc::new(opentelemetry::global::tracer(
-            "chassis",
-        ))))),
+        None => SourceRef::Global(Arc::new(SpanSource::Global(opentelemetry::global::tracer("chassis")))),
     }
 }
 
@@ -324,7 +321,7 @@ fn server_span<B>(source: &SpanSource, request: &Request<B>, method: &'static st
     }
     let cx = match source {
         SpanSource::Recorded(tracer) => start(tracer, parent, method),
-        SpanSource::Global(tracer) => start(tracer.as_ref(), parent, method),
+        SpanSource::Global(tracer) => start(tracer, parent, method),
         SpanSource::Propagated(sampler) => return propagated(sampler, parent, method),
     };
     let span = cx.span();
