@@ -40,24 +40,57 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 /// assert_eq!(slot.get(), None);
 /// assert_eq!(slot.label(), chassis::http::UNMATCHED_ROUTE);
 /// ```
-#[derive(Debug, Clone, Default)]
-pub struct MatchedRoute(Arc<OnceLock<MatchedPath>>);
+#[derive(Clone)]
+pub struct MatchedRoute(Arc<dyn HoldsRoute>);
+
+/// Something a request's [`MatchedRoute`] slot lives in: its own allocation, or per-request
+/// state a layer allocates anyway (the trace layer's), so the slot costs no allocation of its own.
+pub(crate) trait HoldsRoute: Send + Sync + 'static {
+    fn route_slot(&self) -> &OnceLock<MatchedPath>;
+}
+
+impl HoldsRoute for OnceLock<MatchedPath> {
+    fn route_slot(&self) -> &OnceLock<MatchedPath> {
+        self
+    }
+}
+
+impl Default for MatchedRoute {
+    fn default() -> Self {
+        Self(Arc::new(OnceLock::<MatchedPath>::new()))
+    }
+}
+
+impl std::fmt::Debug for MatchedRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("MatchedRoute").field(&self.get()).finish()
+    }
+}
 
 impl MatchedRoute {
     /// Returns the slot already attached to `request`, attaching a new one if there is none,
     /// so several outer layers share one slot.
     pub fn attach<B>(request: &mut Request<B>) -> Self {
+        Self::attach_with(request, Self::default)
+    }
+
+    /// Like [`attach`](Self::attach), with the new slot living in `holder`.
+    pub(crate) fn attach_in<B, H: HoldsRoute>(request: &mut Request<B>, holder: &Arc<H>) -> Self {
+        Self::attach_with(request, || Self(holder.clone()))
+    }
+
+    fn attach_with<B>(request: &mut Request<B>, new: impl FnOnce() -> Self) -> Self {
         if let Some(slot) = request.extensions().get::<Self>() {
             return slot.clone();
         }
-        let slot = Self::default();
+        let slot = new();
         request.extensions_mut().insert(slot.clone());
         slot
     }
 
     /// The matched route template, once routing has happened.
     pub fn get(&self) -> Option<&str> {
-        self.0.get().map(MatchedPath::as_str)
+        self.0.route_slot().get().map(MatchedPath::as_str)
     }
 
     /// The route for labels: the template, or [`UNMATCHED_ROUTE`].
@@ -66,7 +99,7 @@ impl MatchedRoute {
     }
 
     fn set(&self, path: &MatchedPath) {
-        let _ = self.0.set(path.clone());
+        let _ = self.0.route_slot().set(path.clone());
     }
 }
 

@@ -1,7 +1,8 @@
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{OnceLock, RwLock};
+use std::sync::OnceLock;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
@@ -111,35 +112,37 @@ fn active_gauge(method: &'static str) -> &'static Gauge {
 // Keys are route templates of the service's own router, never client input: a fast unkeyed
 // hash is safe here, and SipHash on every request is measurable.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
-// Kept for the life of the process (the set is bounded by routes x methods x statuses), so a
-// request borrows its handle instead of cloning and dropping an `Arc`.
-type DurationHandles = RwLock<FastMap<(usize, u16), FastMap<Box<str>, &'static Histogram>>>;
+type DurationHandles = FastMap<(usize, u16), FastMap<Box<str>, Histogram>>;
 
-fn duration_histogram(method: &'static str, route: &str, status: u16) -> &'static Histogram {
-    static HANDLES: OnceLock<DurationHandles> = OnceLock::new();
-    let handles = HANDLES.get_or_init(Default::default);
-    let key = (method_index(method), status);
-    if let Some(histogram) = handles
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-        .and_then(|routes| routes.get(route))
-    {
-        return histogram;
+thread_local! {
+    // Each thread keeps the handles its requests used, so a request finds its series without
+    // a lock: a shared read lock's counter would move between cores on every request. The
+    // recorder is asked once per series and thread; the set is bounded by routes x methods x
+    // statuses.
+    static DURATIONS: RefCell<DurationHandles> = RefCell::new(DurationHandles::default());
+}
+
+fn record_duration(method: &'static str, route: &str, status: u16, seconds: f64) {
+    let register = || {
+        metrics::histogram!(
+            HTTP_SERVER_REQUEST_DURATION,
+            "http_request_method" => method,
+            "http_route" => route.to_owned(),
+            "http_response_status_code" => status_label(status),
+        )
+    };
+    let cached = DURATIONS.try_with(|handles| {
+        let mut handles = handles.borrow_mut();
+        let routes = handles.entry((method_index(method), status)).or_default();
+        match routes.get(route) {
+            Some(histogram) => histogram.record(seconds),
+            None => routes.entry(route.into()).or_insert_with(register).record(seconds),
+        }
+    });
+    // A future polled while its thread shuts down, after the cache is gone.
+    if cached.is_err() {
+        register().record(seconds);
     }
-    let histogram: &'static Histogram = Box::leak(Box::new(metrics::histogram!(
-        HTTP_SERVER_REQUEST_DURATION,
-        "http_request_method" => method,
-        "http_route" => route.to_owned(),
-        "http_response_status_code" => status_label(status),
-    )));
-    handles
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(key)
-        .or_default()
-        .entry(route.into())
-        .or_insert(histogram)
 }
 
 /// Decrements the in-flight gauge even when the request future is dropped (client gone,
@@ -178,8 +181,8 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         let status = result.as_ref().map(|r| r.status().as_u16()).unwrap_or(500);
-        duration_histogram(this.guard.method, this.route.label(), status)
-            .record((quanta::Instant::now() - *this.started).as_secs_f64());
+        let seconds = (quanta::Instant::now() - *this.started).as_secs_f64();
+        record_duration(this.guard.method, this.route.label(), status, seconds);
         Poll::Ready(result)
     }
 }

@@ -79,7 +79,9 @@ impl InboundService {
         // declared lengths up front; axum's extractors cap chunked bodies while the handler
         // reads them, at DefaultBodyLimit's value or their own 2 MiB. At 2 MiB the layer would
         // only repeat that default, at the price of an extension per request.
-        let routes = routes.layer(CaptureRouteLayer);
+        // `with_state(())` turns every handler into its service now: a router served as it is
+        // does that per request (boxing the handler, and the route layer around it, each time).
+        let routes = routes.layer(CaptureRouteLayer).with_state(());
         let routes: Routes = match http.body_limit.as_usize() {
             AXUM_BODY_LIMIT => Either::Right(routes),
             limit => Either::Left(DefaultBodyLimit::max(limit).layer(routes)),

@@ -244,7 +244,7 @@ pub fn admin_router(
             async move { axum::Json(breakers.snapshots()) }
         }),
     );
-    match metrics {
+    let router = match metrics {
         Some(handle) => router.route(
             "/metrics",
             get(move || {
@@ -258,7 +258,9 @@ pub fn admin_router(
             }),
         ),
         None => router,
-    }
+    };
+    // Handlers become services once, not per request (see `InboundService::new`).
+    router.with_state(())
 }
 
 /// Binds `addr` and returns the listener with the address it got (the real port for port 0).

@@ -213,6 +213,14 @@ pub(crate) struct RequestScope {
     request_id: Option<RequestId>,
     otel: OtelContext,
     span: std::sync::OnceLock<(Span, bool)>,
+    /// The request's [`MatchedRoute`] slot, unless an outer layer attached one first.
+    route: std::sync::OnceLock<axum::extract::MatchedPath>,
+}
+
+impl crate::http::HoldsRoute for RequestScope {
+    fn route_slot(&self) -> &std::sync::OnceLock<axum::extract::MatchedPath> {
+        &self.route
+    }
 }
 
 impl RequestScope {
@@ -293,6 +301,7 @@ pub(crate) fn in_polled_request<R>(
         request_id: request_id.map(|id| RequestId(http::HeaderValue::from_static(id))),
         otel: OtelContext::new(),
         span: std::sync::OnceLock::new(),
+        route: std::sync::OnceLock::new(),
     });
     PolledScope::run(scope, f).1
 }
@@ -399,7 +408,6 @@ where
     // they are built in place instead of copied at every layer (docs/src/performance.md).
     #[inline(always)]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let route = MatchedRoute::attach(&mut request);
         let method = method_label(request.method());
         let otel = server_span(&self.source, &request, method);
         let scope = Arc::new(RequestScope {
@@ -408,7 +416,9 @@ where
             request_id: request.extensions().get::<RequestId>().cloned(),
             otel,
             span: std::sync::OnceLock::new(),
+            route: std::sync::OnceLock::new(),
         });
+        let route = MatchedRoute::attach_in(&mut request, &scope);
         // Without the chassis' subscriber nothing would make the span on demand: make it now,
         // and enter it around each poll, for whatever subscriber is installed.
         let lazy = LAZY_SPANS.load(Ordering::Relaxed);
