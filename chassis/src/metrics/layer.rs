@@ -202,6 +202,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn requests_on_different_threads_count_in_one_series() {
+        let handle = super::super::install(&Default::default(), &Default::default()).unwrap();
+        const ROUTE: &str = "/per-thread/{id}";
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    record_duration("GET", ROUTE, 200, 0.001);
+                    record_duration("GET", ROUTE, 200, 0.002);
+                });
+            }
+        });
+        let text = handle.render();
+        let count = text
+            .lines()
+            .find(|line| line.starts_with("http_server_request_duration_seconds_count") && line.contains(ROUTE))
+            .and_then(|line| line.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("no series for {ROUTE} in\n{text}"));
+        assert_eq!(count, "8", "{text}");
+    }
+
+    #[test]
     fn status_labels() {
         assert_eq!(status_label(200), "200");
         assert_eq!(status_label(599), "599");
