@@ -7,6 +7,9 @@
 # Usage: bash benches/load.sh [seconds per run, default 3] [rounds, default 21]
 #        EXPORT=1 bash benches/load.sh ...   # the chassis exports its spans over OTLP/HTTP to a
 #                                            # local sink that drops them
+#        BASELINE=/path/to/bench-server bash benches/load.sh ...
+#            # also runs the chassis of another build (a copy of an earlier
+#            # target/release/bench-server) in every round, to compare two builds in one run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-3}"
@@ -36,12 +39,12 @@ fi
 # CPU time (user + system) the process has used, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# run <mode> <port>: prints "requests/s p99 cpu-µs-per-request"
+# run <mode> <port> [server binary]: prints "requests/s p99 cpu-µs-per-request"
 run() {
-    local mode=$1 port=$2
+    local mode=$1 port=$2 server=${3:-$SERVER}
     local extra=()
     [ "$mode" = chassis ] && extra=("${CHASSIS_ENV[@]}")
-    env "${extra[@]}" $PIN_SERVER "$SERVER" "$mode" "$port" >/dev/null 2>&1 &
+    env "${extra[@]}" $PIN_SERVER "$server" "$mode" "$port" >/dev/null 2>&1 &
     local pid=$!
     for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/users/1" >/dev/null && break; sleep 0.1; done
     $PIN_WRK wrk -t1 -c"$CONNECTIONS" -d1s "http://127.0.0.1:$port/users/42" >/dev/null # warm-up
@@ -62,7 +65,14 @@ for round in $(seq 1 "$ROUNDS"); do
     ratio=$(awk -v b="$bare_rps" -v c="$chassis_rps" 'BEGIN {printf "%.1f", 100 * c / b}')
     echo "round $round: bare $bare_rps req/s (p99 $bare_p99, $bare_cpu µs CPU/req)," \
         "chassis $chassis_rps req/s (p99 $chassis_p99, $chassis_cpu µs CPU/req): $ratio %" >&2
-    results+=("$bare_rps $bare_p99 $chassis_rps $chassis_p99 $ratio $bare_cpu $chassis_cpu")
+    if [ -n "${BASELINE:-}" ]; then
+        read -r base_rps base_p99 base_cpu < <(run chassis 3102 "$BASELINE")
+        base_ratio=$(awk -v b="$bare_rps" -v c="$base_rps" 'BEGIN {printf "%.1f", 100 * c / b}')
+        echo "    baseline build: $base_rps req/s (p99 $base_p99, $base_cpu µs CPU/req): $base_ratio %" >&2
+    else
+        base_rps=0 base_p99=0ms base_cpu=0 base_ratio=0
+    fi
+    results+=("$bare_rps $bare_p99 $chassis_rps $chassis_p99 $ratio $bare_cpu $chassis_cpu $base_rps $base_p99 $base_cpu $base_ratio")
 done
 
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
@@ -73,4 +83,8 @@ echo "| server | requests/s (median of $ROUNDS) | p99 (median) | server CPU per 
 echo "|---|---|---|---|"
 echo "| bare axum | $(column 1 | median) | $(column 2 | ms | median) ms | $(column 6 | median) µs |"
 echo "| chassis (full stack) | $(column 3 | median) | $(column 4 | ms | median) ms | $(column 7 | median) µs |"
+[ -n "${BASELINE:-}" ] &&
+    echo "| chassis (baseline build) | $(column 8 | median) | $(column 9 | ms | median) ms | $(column 10 | median) µs |"
 echo "ratio (median of per-round ratios): $(column 5 | median) %"
+[ -n "${BASELINE:-}" ] && echo "baseline build's ratio (median of per-round ratios): $(column 11 | median) %"
+exit 0
