@@ -131,9 +131,7 @@ impl Shared {
                 .map(|permit| Permit::Queued { _permit: permit }),
         }
     }
-}
 
-impl Shared {
     fn rejected(&self) -> BoxError {
         metrics::counter!(REJECTED_TOTAL, "bulkhead" => self.name.clone()).increment(1);
         Box::new(BulkheadFull {
