@@ -25,18 +25,14 @@ pub fn payments() -> Router {
 /// the chassis' inbound stack with telemetry and metrics installed as a service has them by
 /// default (logs at WARN, server span per request, no exporter). Keep the guard alive for the
 /// run.
-pub fn inbound_pair() -> (
-    chassis::telemetry::TelemetryGuard,
-    Router,
-    chassis::runtime::InboundService,
-) {
-    let config = chassis::config::ConfigLoader::new()
+pub fn inbound_pair() -> (chassis::telemetry::TelemetryGuard, Router, chassis::runtime::Inbound) {
+    let (config, ()) = chassis::config::ConfigLoader::new()
         .set("telemetry.log_level", "warn")
-        .load::<()>()
+        .load::<chassis::runtime::ChassisConfig, ()>()
         .expect("bench config");
-    let telemetry = chassis::telemetry::init(&config.chassis.service, &config.chassis.telemetry).expect("telemetry");
-    chassis::metrics::install(&config.chassis.metrics, &config.chassis.service).expect("metrics");
-    let stack = chassis::runtime::InboundService::new(routes(), &config.chassis);
+    let telemetry = chassis::telemetry::init(&config.service, &config.telemetry).expect("telemetry");
+    chassis::metrics::install(&config.metrics, &config.service).expect("metrics");
+    let stack = chassis::runtime::Inbound::new(routes(), &config);
     (telemetry, routes(), stack)
 }
 

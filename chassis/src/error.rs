@@ -5,7 +5,10 @@ use std::fmt;
 /// `Result<T, chassis::Error>`: what the service's init function returns.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// Any error, boxed: what the chassis' layers fail with (like tower's own layers). Downcast it to
+/// tell the errors apart, e.g. [`Elapsed`](crate::resilience::Elapsed) or
+/// [`CircuitOpen`](crate::resilience::CircuitOpen).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// An error that stops a service from starting or running.
 ///

@@ -23,19 +23,22 @@
 pub mod client;
 pub mod config;
 mod error;
+mod future;
 pub mod health;
 pub mod http;
 pub mod idempotency;
 pub mod messaging;
 pub mod metrics;
+mod problem;
 pub mod resilience;
 pub mod runtime;
 pub mod saga;
+mod storage;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use runtime::{Context, Options, RunningService, run, start};
 
 #[cfg(feature = "macros")]

@@ -24,16 +24,15 @@ fn main() -> ExitCode {
         // The inbound stack served like `bare` (plain `axum::serve`, no chassis runtime): tells
         // the stack's cost apart from the runtime's.
         "stack" => {
-            let config = chassis::config::ConfigLoader::new()
+            let (config, ()) = chassis::config::ConfigLoader::new()
                 .set("telemetry.log_level", "warn")
-                .load::<()>()
+                .load::<chassis::runtime::ChassisConfig, ()>()
                 .expect("config");
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             runtime.block_on(async move {
-                let _telemetry =
-                    chassis::telemetry::init(&config.chassis.service, &config.chassis.telemetry).expect("telemetry");
-                chassis::metrics::install(&config.chassis.metrics, &config.chassis.service).expect("metrics");
-                let stack = chassis::runtime::InboundService::new(chassis_benches::routes(), &config.chassis);
+                let _telemetry = chassis::telemetry::init(&config.service, &config.telemetry).expect("telemetry");
+                chassis::metrics::install(&config.metrics, &config.service).expect("metrics");
+                let stack = chassis::runtime::Inbound::new(chassis_benches::routes(), &config);
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
                 let make = tower::service_fn(move |_: axum::serve::IncomingStream<'_, tokio::net::TcpListener>| {
                     std::future::ready(Ok::<_, std::convert::Infallible>(stack.clone()))

@@ -1,6 +1,6 @@
 //! The outbound HTTP client: how a service calls the next one.
 //!
-//! Every request passes, outermost first (DESIGN.md's outbound stack):
+//! Every request passes, outermost first (the outbound layer order of the architecture guide):
 //!
 //! trace (a client span; W3C `traceparent` injected) > metrics
 //! (`http_client_request_duration_seconds`) > total timeout > retry (backoff, budget,
@@ -25,7 +25,7 @@
 //! # let _ = balance; Ok(()) }
 //! ```
 
-mod observe;
+pub mod observe;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,15 +40,13 @@ use serde::Deserialize;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
-pub use observe::{HTTP_CLIENT_REQUEST_DURATION, ObserveLayer, ObserveService};
+pub use observe::{HTTP_CLIENT_REQUEST_DURATION, Observe, ObserveLayer};
 
-use crate::config::{ByteSize, Problems};
-use crate::resilience::BoxError;
-use crate::resilience::circuit_breaker::{
-    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitBreakerRegistry,
+use crate::BoxError;
+use crate::config::{ByteSize, ConfigError, Problems, Validate};
+use crate::resilience::{
+    Breaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitBreakerRegistry, RetryConfig, RetryLayer, TimeoutLayer,
 };
-use crate::resilience::retry::{RetryConfig, RetryLayer};
-use crate::resilience::timeout::TimeoutLayer;
 
 /// `[clients.<name>]`: one downstream service.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -104,38 +102,35 @@ impl ClientConfig {
             ..Self::default()
         }
     }
+}
 
-    pub(crate) fn validate(&self, prefix: &str, problems: &mut Problems) {
+impl Validate for ClientConfig {
+    fn validate(&self, problems: &mut Problems) {
         match self.base_url.parse::<Uri>() {
             Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
             Ok(uri) if uri.scheme_str() == Some("https") => problems.push(
-                &format!("{prefix}.base_url"),
+                "base_url",
                 "https is not supported by the chassis client yet; call through a TLS-terminating sidecar",
             ),
             _ => problems.push(
-                &format!("{prefix}.base_url"),
+                "base_url",
                 format!(
                     "must be an absolute http:// URL such as \"http://payments:8080\", got {:?}",
                     self.base_url
                 ),
             ),
         }
-        problems.check(
-            !self.timeout.is_zero(),
-            &format!("{prefix}.timeout"),
-            "must be greater than zero",
-        );
+        problems.check(!self.timeout.is_zero(), "timeout", "must be greater than zero");
         problems.check(
             !self.attempt_timeout.is_zero() && self.attempt_timeout <= self.timeout,
-            &format!("{prefix}.attempt_timeout"),
+            "attempt_timeout",
             format!(
                 "must be greater than zero and at most timeout ({}): an attempt cannot outlive the request",
                 crate::config::duration::format(&self.timeout)
             ),
         );
-        self.retry.validate(&format!("{prefix}.retry"), problems);
-        self.circuit_breaker
-            .validate(&format!("{prefix}.circuit_breaker"), problems);
+        problems.nested("retry", |p| self.retry.validate(p));
+        problems.nested("circuit_breaker", |p| self.circuit_breaker.validate(p));
     }
 }
 
@@ -153,7 +148,7 @@ pub enum ClientError {
     },
     /// The settings are invalid.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
     /// The path could not be joined to the base URL.
     #[error("invalid request path {path:?}: {reason}")]
     InvalidPath {
@@ -189,7 +184,7 @@ pub struct Client {
     name: Arc<str>,
     base: Uri,
     max_response_bytes: usize,
-    breaker: CircuitBreaker,
+    breaker: Breaker,
     stack: Stack,
 }
 
@@ -208,15 +203,13 @@ impl Client {
     ///
     /// ```
     /// use chassis::client::{Client, ClientConfig};
-    /// use chassis::resilience::circuit_breaker::CircuitBreakerRegistry;
+    /// use chassis::resilience::CircuitBreakerRegistry;
     ///
     /// let client = Client::new("payments", ClientConfig::new("http://127.0.0.1:8081"), &CircuitBreakerRegistry::new()).unwrap();
     /// assert!(Client::new("bad", ClientConfig::new("payments:8081"), &CircuitBreakerRegistry::new()).is_err());
     /// ```
     pub fn new(name: &str, config: ClientConfig, breakers: &CircuitBreakerRegistry) -> Result<Self, ClientError> {
-        let mut problems = Problems::default();
-        config.validate(&format!("clients.{name}"), &mut problems);
-        problems.into_result()?;
+        crate::config::validate(&format!("clients.{name}"), &config)?;
         let base: Uri = config.base_url.parse().expect("validated above");
         let name: Arc<str> = name.into();
 
@@ -235,11 +228,11 @@ impl Client {
             }
         });
 
-        let breaker = breakers.get_or_create(&name, &config.circuit_breaker);
+        let breaker = breakers.get_or_create(&name, &config.circuit_breaker)?;
         let stack = ServiceBuilder::new()
             .layer(ObserveLayer::new(name.clone()))
             .layer(TimeoutLayer::new(config.timeout))
-            .layer(RetryLayer::new(name.clone(), config.retry.clone()))
+            .layer(RetryLayer::new(name.clone(), config.retry.clone())?)
             .layer(CircuitBreakerLayer::new(breaker.clone()))
             .layer(TimeoutLayer::new(config.attempt_timeout))
             .service(connection);
@@ -258,7 +251,7 @@ impl Client {
     }
 
     /// The circuit breaker guarding this downstream.
-    pub fn circuit_breaker(&self) -> &CircuitBreaker {
+    pub fn circuit_breaker(&self) -> &Breaker {
         &self.breaker
     }
 

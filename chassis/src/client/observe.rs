@@ -1,5 +1,6 @@
 //! The client's outermost layer: one client span per request (its context injected as W3C
-//! headers) and the request duration histogram.
+//! headers) and the request duration histogram. [`ObserveLayer`], its service [`Observe`] and
+//! [`ResponseFuture`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,11 +15,9 @@ use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::http::method_label;
-use crate::metrics::status_label;
-use crate::resilience::BoxError;
-use crate::resilience::circuit_breaker::CircuitOpen;
-use crate::resilience::timeout::Elapsed;
+use crate::BoxError;
+use crate::http::{method_label, status_label};
+use crate::resilience::{CircuitOpen, Elapsed};
 
 /// Name of the outbound request histogram.
 pub const HTTP_CLIENT_REQUEST_DURATION: &str = "http_client_request_duration_seconds";
@@ -47,10 +46,10 @@ impl ObserveLayer {
 }
 
 impl<S> Layer<S> for ObserveLayer {
-    type Service = ObserveService<S>;
+    type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ObserveService {
+        Observe {
             inner,
             client: self.client.clone(),
         }
@@ -59,19 +58,19 @@ impl<S> Layer<S> for ObserveLayer {
 
 /// The service of [`ObserveLayer`].
 #[derive(Debug, Clone)]
-pub struct ObserveService<S> {
+pub struct Observe<S> {
     inner: S,
     client: Arc<str>,
 }
 
-impl<S, B, ResBody> Service<Request<B>> for ObserveService<S>
+impl<S, B, ResBody> Service<Request<B>> for Observe<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ObserveFuture<S::Future>;
+    type Future = ResponseFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -102,7 +101,7 @@ where
             let _entered = span.enter();
             self.inner.call(request)
         };
-        ObserveFuture {
+        ResponseFuture {
             inner,
             span,
             method,
@@ -114,8 +113,8 @@ where
 }
 
 pin_project! {
-    /// Response future of [`ObserveService`].
-    pub struct ObserveFuture<F> {
+    /// The response future of [`Observe`].
+    pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         span: Span,
@@ -136,7 +135,7 @@ fn error_type(error: &BoxError) -> &'static str {
     }
 }
 
-impl<F, B, E> Future for ObserveFuture<F>
+impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,

@@ -1,219 +1,31 @@
-//! HTTP building blocks shared by the layers: problem details and the matched-route slot.
+//! The HTTP edge: problem details for every error the chassis answers, the matched-route slot,
+//! bounded labels, request body limits and panic recovery.
 //!
 //! Layers that wrap a whole [`axum::Router`] run before routing, so they cannot see axum's
-//! [`MatchedPath`]. [`MatchedRoute`] bridges that: the outer layer puts an empty slot in the
-//! request's extensions, [`CaptureRouteLayer`] (added with `Router::layer`, so it runs after
-//! routing) fills it, and the outer layer reads it when the response (or a timeout, or a panic)
-//! comes back. Labelling by the matched route, never the raw path, keeps metric cardinality
-//! bounded no matter what paths scanners send.
+//! [`MatchedPath`](axum::extract::MatchedPath). [`MatchedRoute`] bridges that: the outer layer
+//! puts an empty slot in the request's extensions, [`CaptureRouteLayer`] (added with
+//! `Router::layer`, so it runs after routing) fills it, and the outer layer reads it when the
+//! response (or a timeout, or a panic) comes back. Labelling by the matched route, never the raw
+//! path, keeps metric cardinality bounded no matter what paths scanners send.
+//!
+//! | layer | service | what it does |
+//! |---|---|---|
+//! | [`ProblemResponseLayer`] | [`ProblemResponse`] | errors of the layers inside it become problem+json ([`problem_for`]) |
+//! | [`BodyLimitLayer`] | [`BodyLimit`] | a declared body over the limit fails with [`PayloadTooLarge`] (413) |
+//! | [`RecoverPanicLayer`] | [`RecoverPanic`] | a panic becomes a 500 problem |
+//! | [`CaptureRouteLayer`] | [`CaptureRoute`] | records the matched route template |
 
-mod edge;
-mod problem;
+pub mod body_limit;
+mod labels;
+pub mod problem_response;
+pub mod recover_panic;
+mod route;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+pub use body_limit::{BodyLimit, BodyLimitLayer, PayloadTooLarge};
+pub use labels::{method_label, status_label};
+pub use problem_response::{ProblemResponse, ProblemResponseLayer, problem_for};
+pub use recover_panic::{PanicResponse, RecoverPanic, RecoverPanicLayer};
+pub(crate) use route::HoldsRoute;
+pub use route::{CaptureRoute, CaptureRouteLayer, MatchedRoute, UNMATCHED_ROUTE};
 
-use axum::extract::MatchedPath;
-use http::Request;
-use tower::{Layer, Service};
-
-pub use edge::{
-    BodyLimit, BodyLimitFuture, BodyLimitLayer, PanicResponse, PayloadTooLarge, ProblemFuture, ProblemLayer,
-    ProblemService, RecoverPanic, RecoverPanicFuture, RecoverPanicLayer, problem_for,
-};
-pub(crate) use problem::retry_after_secs;
-pub use problem::{PROBLEM_JSON, Problem};
-
-/// The label used for requests that matched no route (404 fallback, scanners).
-pub const UNMATCHED_ROUTE: &str = "unmatched";
-
-/// A per-request slot where the router records the route template that matched
-/// (`/users/{id}`, not `/users/42`).
-///
-/// ```
-/// use chassis::http::MatchedRoute;
-///
-/// let mut request = http::Request::new(());
-/// let slot = MatchedRoute::attach(&mut request);
-/// assert_eq!(slot.get(), None);
-/// assert_eq!(slot.label(), chassis::http::UNMATCHED_ROUTE);
-/// ```
-#[derive(Clone)]
-pub struct MatchedRoute(Arc<dyn HoldsRoute>);
-
-/// Something a request's [`MatchedRoute`] slot lives in: its own allocation, or per-request
-/// state a layer allocates anyway (the trace layer's), so the slot costs no allocation of its own.
-pub(crate) trait HoldsRoute: Send + Sync + 'static {
-    fn route_slot(&self) -> &OnceLock<MatchedPath>;
-}
-
-impl HoldsRoute for OnceLock<MatchedPath> {
-    fn route_slot(&self) -> &OnceLock<MatchedPath> {
-        self
-    }
-}
-
-impl Default for MatchedRoute {
-    fn default() -> Self {
-        Self(Arc::new(OnceLock::<MatchedPath>::new()))
-    }
-}
-
-impl std::fmt::Debug for MatchedRoute {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("MatchedRoute").field(&self.get()).finish()
-    }
-}
-
-impl MatchedRoute {
-    /// Returns the slot already attached to `request`, attaching a new one if there is none,
-    /// so several outer layers share one slot.
-    pub fn attach<B>(request: &mut Request<B>) -> Self {
-        Self::attach_with(request, Self::default)
-    }
-
-    /// Like [`attach`](Self::attach), with the new slot living in `holder`.
-    pub(crate) fn attach_in<B, H: HoldsRoute>(request: &mut Request<B>, holder: &Arc<H>) -> Self {
-        Self::attach_with(request, || Self(holder.clone()))
-    }
-
-    fn attach_with<B>(request: &mut Request<B>, new: impl FnOnce() -> Self) -> Self {
-        if let Some(slot) = request.extensions().get::<Self>() {
-            return slot.clone();
-        }
-        let slot = new();
-        request.extensions_mut().insert(slot.clone());
-        slot
-    }
-
-    /// The matched route template, once routing has happened.
-    pub fn get(&self) -> Option<&str> {
-        self.0.route_slot().get().map(MatchedPath::as_str)
-    }
-
-    /// The route for labels: the template, or [`UNMATCHED_ROUTE`].
-    pub fn label(&self) -> &str {
-        self.get().unwrap_or(UNMATCHED_ROUTE)
-    }
-
-    fn set(&self, path: &MatchedPath) {
-        let _ = self.0.route_slot().set(path.clone());
-    }
-}
-
-/// Records axum's [`MatchedPath`] into the request's [`MatchedRoute`] slot.
-///
-/// Add it with `Router::layer` so it runs after routing; the chassis runtime does this for you.
-///
-/// ```
-/// use axum::{Router, routing::get};
-/// use chassis::http::CaptureRouteLayer;
-///
-/// let app: Router = Router::new()
-///     .route("/users/{id}", get(|| async { "user" }))
-///     .layer(CaptureRouteLayer);
-/// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CaptureRouteLayer;
-
-impl<S> Layer<S> for CaptureRouteLayer {
-    type Service = CaptureRoute<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CaptureRoute { inner }
-    }
-}
-
-/// The service of [`CaptureRouteLayer`].
-#[derive(Debug, Clone)]
-pub struct CaptureRoute<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for CaptureRoute<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let extensions = request.extensions();
-        if let (Some(slot), Some(path)) = (extensions.get::<MatchedRoute>(), extensions.get::<MatchedPath>()) {
-            slot.set(path);
-        }
-        self.inner.call(request)
-    }
-}
-
-/// The request method as a bounded label: one of the nine standard methods, or `_OTHER`
-/// (the OpenTelemetry convention), so arbitrary methods cannot grow metric cardinality.
-///
-/// ```
-/// assert_eq!(chassis::http::method_label(&http::Method::POST), "POST");
-/// assert_eq!(chassis::http::method_label(&http::Method::from_bytes(b"BREW").unwrap()), "_OTHER");
-/// ```
-pub fn method_label(method: &http::Method) -> &'static str {
-    match *method {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::HEAD => "HEAD",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::CONNECT => "CONNECT",
-        http::Method::TRACE => "TRACE",
-        _ => "_OTHER",
-    }
-}
-
-/// A boxed, `Send` future: the response future of the chassis' own services where naming the
-/// concrete type would not pay for itself.
-pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::{Router, body::Body, routing::get};
-    use tower::ServiceExt;
-
-    #[tokio::test]
-    async fn the_router_fills_the_slot_with_the_template() {
-        let app = Router::new()
-            .route("/users/{id}", get(|| async { "ok" }))
-            .layer(CaptureRouteLayer);
-
-        let mut request = Request::get("/users/42").body(Body::empty()).unwrap();
-        let slot = MatchedRoute::attach(&mut request);
-        app.clone().oneshot(request).await.unwrap();
-        assert_eq!(slot.get(), Some("/users/{id}"));
-
-        let mut request = Request::get("/wp-admin.php").body(Body::empty()).unwrap();
-        let slot = MatchedRoute::attach(&mut request);
-        let response = app.oneshot(request).await.unwrap();
-        assert_eq!(response.status(), 404);
-        assert_eq!(slot.label(), UNMATCHED_ROUTE);
-    }
-
-    #[tokio::test]
-    async fn attach_twice_shares_one_slot() {
-        let app = Router::new()
-            .route("/x", get(|| async { "ok" }))
-            .layer(CaptureRouteLayer);
-        let mut request = Request::get("/x").body(Body::empty()).unwrap();
-        let a = MatchedRoute::attach(&mut request);
-        let b = MatchedRoute::attach(&mut request);
-        app.oneshot(request).await.unwrap();
-        assert_eq!(a.get(), Some("/x"));
-        assert_eq!(b.get(), Some("/x"));
-    }
-}
+pub use crate::problem::{PROBLEM_JSON, Problem};

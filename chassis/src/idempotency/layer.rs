@@ -1,3 +1,5 @@
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -5,6 +7,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
 use serde::Deserialize;
@@ -12,8 +15,8 @@ use sha2::{Digest, Sha256};
 use tower::{Layer, Service, ServiceExt as _};
 
 use super::store::{Begin, IdempotencyStore, StoredResponse};
-use crate::config::{ByteSize, ConfigError, Problems};
-use crate::http::{BoxFuture, Problem};
+use crate::config::{ByteSize, ConfigError, Problems, Validate};
+use crate::problem::Problem;
 
 /// Name of the request counter.
 pub const REQUESTS_TOTAL: &str = "chassis_idempotency_requests_total";
@@ -77,34 +80,30 @@ impl Default for IdempotencyConfig {
     }
 }
 
-impl IdempotencyConfig {
+impl Validate for IdempotencyConfig {
     fn validate(&self, problems: &mut Problems) {
         for method in &self.methods {
             problems.check(
                 Method::from_bytes(method.as_bytes()).is_ok(),
-                "idempotency.methods",
+                "methods",
                 format!("{method:?} is not an HTTP method"),
             );
         }
         problems.check(
             HeaderName::try_from(self.header.as_str()).is_ok(),
-            "idempotency.header",
+            "header",
             "must be a valid header name",
         );
         if let Some(identity) = &self.identity_header {
             problems.check(
                 HeaderName::try_from(identity.as_str()).is_ok(),
-                "idempotency.identity_header",
+                "identity_header",
                 "must be a valid header name",
             );
         }
-        problems.check(
-            self.max_key_length > 0,
-            "idempotency.max_key_length",
-            "must be at least 1",
-        );
-        problems.check(!self.lease.is_zero(), "idempotency.lease", "must be greater than zero");
-        problems.check(self.ttl >= self.lease, "idempotency.ttl", "must be at least the lease");
+        problems.check(self.max_key_length > 0, "max_key_length", "must be at least 1");
+        problems.check(!self.lease.is_zero(), "lease", "must be greater than zero");
+        problems.check(self.ttl >= self.lease, "ttl", "must be at least the lease");
     }
 }
 
@@ -154,11 +153,9 @@ impl std::fmt::Debug for IdempotencyLayer {
 }
 
 impl IdempotencyLayer {
-    /// A layer keeping keys in `store`.
+    /// A layer keeping keys in `store`, or the problems with `config`.
     pub fn new(store: Arc<dyn IdempotencyStore>, config: IdempotencyConfig) -> Result<Self, ConfigError> {
-        let mut problems = Problems::default();
-        config.validate(&mut problems);
-        problems.into_result()?;
+        crate::config::validate("idempotency", &config)?;
         let parse = |name: &str| HeaderName::try_from(name.to_ascii_lowercase()).expect("validated");
         Ok(Self {
             shared: Arc::new(Shared {
@@ -292,7 +289,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+    type Future = ResponseFuture<S::Error>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -302,10 +299,31 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        if !self.shared.methods.contains(request.method()) {
-            return Box::pin(inner.oneshot(request));
-        }
-        Box::pin(guarded(inner, self.shared.clone(), request))
+        let inner: BoxFuture<'static, Result<Response, S::Error>> = if self.shared.methods.contains(request.method()) {
+            Box::pin(guarded(inner, self.shared.clone(), request))
+        } else {
+            Box::pin(inner.oneshot(request))
+        };
+        ResponseFuture { inner }
+    }
+}
+
+/// The response future of [`Idempotency`]: the request, guarded by its key.
+pub struct ResponseFuture<E> {
+    inner: BoxFuture<'static, Result<Response, E>>,
+}
+
+impl<E> std::fmt::Debug for ResponseFuture<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<E> Future for ResponseFuture<E> {
+    type Output = Result<Response, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
     }
 }
 

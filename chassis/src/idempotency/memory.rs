@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::store::{Begin, IdempotencyStore, StoreError, StoredResponse, new_token};
-use crate::http::BoxFuture;
+use futures_util::future::BoxFuture;
 
 #[derive(Debug)]
 enum Slot {

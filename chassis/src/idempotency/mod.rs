@@ -18,10 +18,8 @@ mod redis_store;
 mod store;
 
 pub use consumer::{CONSUMED_TOTAL, ConsumeError, IdempotentConsumer, Processed};
-pub use layer::{Idempotency, IdempotencyConfig, IdempotencyLayer, REPLAYED_HEADER, REQUESTS_TOTAL};
+pub use layer::{Idempotency, IdempotencyConfig, IdempotencyLayer, REPLAYED_HEADER, REQUESTS_TOTAL, ResponseFuture};
 pub use memory::MemoryStore;
-#[cfg(feature = "postgres")]
-pub(crate) use postgres_store::connect_pool;
 #[cfg(feature = "postgres")]
 pub use postgres_store::{MIGRATION, PostgresStore};
 #[cfg(feature = "redis")]

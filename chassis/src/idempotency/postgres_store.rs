@@ -1,10 +1,10 @@
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row};
 
 use super::store::{Begin, IdempotencyStore, StoreError, StoredResponse, new_token};
-use crate::http::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// The SQL that creates the store's tables (`chassis_idempotency`,
 /// `chassis_processed_messages`); [`PostgresStore::migrate`] runs it. Copy it into your own
@@ -31,16 +31,6 @@ fn error(e: impl std::fmt::Display) -> StoreError {
     StoreError::new("postgres", e)
 }
 
-/// The small pool the chassis' PostgreSQL stores open for themselves.
-pub(crate) async fn connect_pool(url: &str) -> Result<PgPool, String> {
-    PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(url)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))
-}
-
 fn millis(duration: Duration) -> i64 {
     (duration.as_millis() as i64).max(1)
 }
@@ -48,7 +38,7 @@ fn millis(duration: Duration) -> i64 {
 impl PostgresStore {
     /// Connects a small pool to `url`.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = connect_pool(url).await.map_err(error)?;
+        let pool = crate::storage::postgres::connect_pool(url).await.map_err(error)?;
         Ok(Self { pool })
     }
 

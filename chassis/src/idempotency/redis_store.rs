@@ -4,7 +4,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use super::store::{Begin, IdempotencyStore, StoreError, StoredResponse, new_token};
-use crate::http::BoxFuture;
+use futures_util::future::BoxFuture;
 
 // One hash per key: state (in_flight | done), fp, token, status, headers, body. The key's own
 // expiry is the lease while in flight and the TTL once done.

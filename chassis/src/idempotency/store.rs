@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// A response kept for replay: status, the chosen headers and the body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use super::{Acker, Delivery, Kind, MessagingConfig, MessagingError, RawMessage, Subscription, Transport};
-use crate::http::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// How long a publish waits for a dropped connection to come back before failing.
 const RECOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(15);

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::{Acker, Delivery, Kind, MessagingError, RawMessage, Subscription, Transport};
-use crate::http::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// A message that could not be handled, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt as _;
 
 use super::{Acker, Delivery, Kind, MessagingConfig, MessagingError, RawMessage, Subscription, Transport};
-use crate::http::BoxFuture;
+use futures_util::future::BoxFuture;
 
 fn error(e: impl std::fmt::Display) -> MessagingError {
     MessagingError::transport("nats", e)

@@ -15,7 +15,7 @@
 //! | `chassis_build_info` | gauge (always 1) | `service`, `version`, `chassis_version` |
 //! | `process_*` | see the `metrics-process` crate | |
 
-mod layer;
+pub mod http_metrics;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -24,10 +24,9 @@ use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 
-pub(crate) use layer::status_label;
-pub use layer::{HttpMetrics, HttpMetricsFuture, HttpMetricsLayer};
+pub use http_metrics::{HttpMetrics, HttpMetricsLayer};
 
-use crate::config::{Problems, ServiceConfig};
+use crate::config::{Problems, ServiceConfig, Validate};
 
 /// Name of the request duration histogram.
 pub const HTTP_SERVER_REQUEST_DURATION: &str = "http_server_request_duration_seconds";
@@ -73,19 +72,19 @@ impl Default for MetricsConfig {
     }
 }
 
-impl MetricsConfig {
-    pub(crate) fn validate(&self, problems: &mut Problems) {
+impl Validate for MetricsConfig {
+    fn validate(&self, problems: &mut Problems) {
         let buckets = &self.duration_buckets;
         problems.check(
             !buckets.is_empty()
                 && buckets.iter().all(|b| b.is_finite() && *b > 0.0)
                 && buckets.windows(2).all(|w| w[0] < w[1]),
-            "metrics.duration_buckets",
+            "duration_buckets",
             "must be a non-empty list of positive numbers in increasing order",
         );
         problems.check(
             !self.upkeep_interval.is_zero(),
-            "metrics.upkeep_interval",
+            "upkeep_interval",
             "must be longer than zero, e.g. \"5s\"",
         );
     }
@@ -210,6 +209,7 @@ fn describe() {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn histogram_samples_are_folded_on_a_thread_of_their_own() {
         install(&MetricsConfig::default(), &ServiceConfig::default()).unwrap();
@@ -237,11 +237,11 @@ mod tests {
 
     #[test]
     fn a_zero_upkeep_interval_is_refused() {
-        let error = crate::config::ConfigLoader::new()
-            .set("metrics.upkeep_interval", "0s")
-            .load::<()>()
-            .unwrap_err()
-            .to_string();
+        let config = MetricsConfig {
+            upkeep_interval: Duration::ZERO,
+            ..Default::default()
+        };
+        let error = crate::config::validate("metrics", &config).unwrap_err().to_string();
         assert!(error.contains("metrics.upkeep_interval"), "{error}");
     }
 }

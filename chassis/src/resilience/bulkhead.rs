@@ -1,4 +1,5 @@
-//! Bulkhead: a cap on concurrent calls, with an optional bounded queue.
+//! Bulkhead: a cap on concurrent calls, with an optional bounded queue: [`BulkheadLayer`], its
+//! service [`Bulkhead`] and [`ResponseFuture`].
 //!
 //! A call beyond `max_concurrent` waits in a queue of at most `max_queued` callers for at most
 //! `max_wait`; beyond that it fails at once with [`BulkheadFull`], which the HTTP edge answers
@@ -18,13 +19,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, Either, TryFuture};
 use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
-use super::BoxError;
-use crate::http::BoxFuture;
+use crate::BoxError;
+use crate::config::{ConfigError, Problems, Validate};
+use crate::future::{Call, ErrInto};
 
 /// Name of the rejection counter.
 pub const REJECTED_TOTAL: &str = "chassis_bulkhead_rejected_total";
@@ -42,6 +45,12 @@ pub struct BulkheadConfig {
     /// used when `max_queued > 0`.
     #[serde(with = "crate::config::duration")]
     pub max_wait: Duration,
+}
+
+impl Validate for BulkheadConfig {
+    fn validate(&self, problems: &mut Problems) {
+        problems.check(self.max_concurrent > 0, "max_concurrent", "must be at least 1");
+    }
 }
 
 impl Default for BulkheadConfig {
@@ -144,12 +153,15 @@ impl Shared {
 /// Caps concurrent calls; see the [module docs](self).
 ///
 /// ```
-/// use chassis::resilience::bulkhead::{BulkheadConfig, BulkheadLayer};
+/// use chassis::resilience::{BulkheadConfig, BulkheadLayer};
 ///
 /// let mut config = BulkheadConfig::default();
 /// config.max_concurrent = 100;
-/// let layer = BulkheadLayer::new("payments", config);
+/// let layer = BulkheadLayer::new("payments", config.clone()).unwrap();
 /// assert_eq!(layer.available(), 100);
+///
+/// config.max_concurrent = 0;
+/// assert!(BulkheadLayer::new("payments", config).is_err());
 /// ```
 #[derive(Debug, Clone)]
 pub struct BulkheadLayer {
@@ -157,9 +169,10 @@ pub struct BulkheadLayer {
 }
 
 impl BulkheadLayer {
-    /// A bulkhead named `name` (the metric label).
-    pub fn new(name: impl Into<String>, config: BulkheadConfig) -> Self {
-        Self {
+    /// A bulkhead named `name` (the metric label), or the problems with `config`.
+    pub fn new(name: impl Into<String>, config: BulkheadConfig) -> Result<Self, ConfigError> {
+        crate::config::validate("bulkhead", &config)?;
+        Ok(Self {
             shared: Arc::new(Shared {
                 name: name.into(),
                 slots: match config.max_queued {
@@ -173,7 +186,7 @@ impl BulkheadLayer {
                 queued: AtomicUsize::new(0),
                 config,
             }),
-        }
+        })
     }
 
     /// Free slots right now.
@@ -216,79 +229,60 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BulkheadFuture<S::Future, S::Response>;
+    type Future = ResponseFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    // The layers are thin and the request and futures they pass on are large: inlined,
-    // they are built in place instead of copied at every layer (docs/src/performance.md).
     #[inline(always)]
     fn call(&mut self, request: R) -> Self::Future {
         if let Some(permit) = self.shared.try_enter() {
-            return BulkheadFutureState::Running {
-                inner: self.inner.call(request),
+            let admitted = Admitted {
+                future: ErrInto::new(self.inner.call(request)),
                 _permit: permit,
-            }
-            .into();
+            };
+            return ResponseFuture {
+                call: Call::called(Either::Left(admitted)),
+            };
         }
         let semaphore = match &self.shared.slots {
             Slots::Queued { semaphore } if self.shared.join_queue() => semaphore.clone(),
             _ => {
-                return BulkheadFutureState::Rejected {
-                    error: Some(self.shared.rejected()),
-                }
-                .into();
+                return ResponseFuture {
+                    call: Call::answered(Err(self.shared.rejected())),
+                };
             }
         };
         let shared = self.shared.clone();
         // Take the service that was made ready, leave a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        BulkheadFutureState::Queued {
-            future: Box::pin(async move {
-                let acquired = tokio::time::timeout(shared.config.max_wait, semaphore.acquire_owned()).await;
-                shared.queued.fetch_sub(1, Ordering::AcqRel);
-                let _permit = match acquired {
-                    Ok(Ok(permit)) => permit,
-                    _ => return Err(shared.rejected()),
-                };
-                inner.oneshot(request).await.map_err(Into::into)
-            }),
+        let queued = Box::pin(async move {
+            let acquired = tokio::time::timeout(shared.config.max_wait, semaphore.acquire_owned()).await;
+            shared.queued.fetch_sub(1, Ordering::AcqRel);
+            let _permit = match acquired {
+                Ok(Ok(permit)) => permit,
+                _ => return Err(shared.rejected()),
+            };
+            inner.oneshot(request).await.map_err(Into::into)
+        });
+        ResponseFuture {
+            call: Call::called(Either::Right(queued)),
         }
-        .into()
     }
 }
 
 pin_project! {
-    /// Response future of [`Bulkhead`].
-    pub struct BulkheadFuture<F, T> {
+    /// The response future of [`Bulkhead`].
+    pub struct ResponseFuture<F: TryFuture> {
         #[pin]
-        state: BulkheadFutureState<F, T>,
+        call: Call<Either<Admitted<ErrInto<F>>, BoxFuture<'static, Result<F::Ok, BoxError>>>, Result<F::Ok, BoxError>>,
     }
 }
 
-impl<F, T> From<BulkheadFutureState<F, T>> for BulkheadFuture<F, T> {
-    fn from(state: BulkheadFutureState<F, T>) -> Self {
-        Self { state }
-    }
-}
-
-pin_project! {
-    #[project = BulkheadProj]
-    enum BulkheadFutureState<F, T> {
-        /// Admitted at once.
-        Running { #[pin] inner: F, _permit: Permit },
-        /// Waiting in the queue.
-        Queued { future: BoxFuture<'static, Result<T, BoxError>> },
-        /// Rejected.
-        Rejected { error: Option<BoxError> },
-    }
-}
-
-impl<F, T, E> Future for BulkheadFuture<F, T>
+impl<F, T, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
@@ -297,11 +291,25 @@ where
 
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            BulkheadProj::Running { inner, .. } => inner.poll(cx).map_err(Into::into),
-            BulkheadProj::Queued { future } => future.as_mut().poll(cx),
-            BulkheadProj::Rejected { error } => Poll::Ready(Err(error.take().expect("polled after completion"))),
-        }
+        self.project().call.poll(cx)
+    }
+}
+
+pin_project! {
+    /// A call admitted at once, holding its slot until it ends.
+    struct Admitted<F> {
+        #[pin]
+        future: F,
+        _permit: Permit,
+    }
+}
+
+impl<F: Future> Future for Admitted<F> {
+    type Output = F::Output;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().future.poll(cx)
     }
 }
 
@@ -332,7 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_beyond_the_limit_without_a_queue() {
-        let layer = BulkheadLayer::new("t", config(2, 0, 0));
+        let layer = BulkheadLayer::new("t", config(2, 0, 0)).unwrap();
         let svc = layer.layer(gated());
         let (tx1, rx1) = oneshot::channel();
         let (tx2, rx2) = oneshot::channel();
@@ -361,7 +369,7 @@ mod tests {
             .worker_threads(4)
             .build()
             .unwrap();
-        let layer = BulkheadLayer::new("t", config(LIMIT, 0, 0));
+        let layer = BulkheadLayer::new("t", config(LIMIT, 0, 0)).unwrap();
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let svc = layer.layer(service_fn({
@@ -402,7 +410,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn queued_calls_wait_for_a_slot_then_time_out() {
-        let layer = BulkheadLayer::new("t", config(1, 1, 100));
+        let layer = BulkheadLayer::new("t", config(1, 1, 100)).unwrap();
         let svc = layer.layer(gated());
         let (tx1, rx1) = oneshot::channel();
         let running = tokio::spawn(svc.clone().oneshot(rx1));

@@ -1,5 +1,6 @@
 //! Rate limiting of HTTP requests (GCRA, by the `governor` crate), globally, per client address
-//! or per header value (an API key).
+//! or per header value (an API key): [`RateLimitLayer`], its service [`RateLimit`] and
+//! [`ResponseFuture`].
 //!
 //! A request over the limit is answered `429` problem+json with `Retry-After` and never reaches
 //! the service. Every answer carries the IETF `RateLimit-Policy` and `RateLimit` headers
@@ -12,7 +13,7 @@
 //!
 //! ```
 //! use axum::{Router, routing::get};
-//! use chassis::resilience::rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitKey};
+//! use chassis::resilience::{RateLimitConfig, RateLimitKey, RateLimitLayer};
 //!
 //! let mut config = RateLimitConfig::default();
 //! config.requests = 100;
@@ -41,8 +42,9 @@ use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tower::{Layer, Service};
 
-use crate::config::Problems;
-use crate::http::Problem;
+use crate::config::{ConfigError, Problems, Validate};
+use crate::future::Call;
+use crate::problem::{Problem, retry_after_secs};
 
 /// Name of the rejection counter.
 pub const REJECTED_TOTAL: &str = "chassis_rate_limit_rejected_total";
@@ -105,17 +107,15 @@ impl Default for RateLimitConfig {
     }
 }
 
-impl RateLimitConfig {
-    pub(crate) fn validate(&self, prefix: &str, problems: &mut Problems) {
-        problems.check(self.requests > 0, &format!("{prefix}.requests"), "must be at least 1");
-        problems.check(
-            self.per >= Duration::from_millis(1),
-            &format!("{prefix}.per"),
-            "must be at least 1ms",
-        );
-        problems.check(self.burst != Some(0), &format!("{prefix}.burst"), "must be at least 1");
+impl Validate for RateLimitConfig {
+    fn validate(&self, problems: &mut Problems) {
+        problems.check(self.requests > 0, "requests", "must be at least 1");
+        problems.check(self.per >= Duration::from_millis(1), "per", "must be at least 1ms");
+        problems.check(self.burst != Some(0), "burst", "must be at least 1");
     }
+}
 
+impl RateLimitConfig {
     fn quota(&self) -> Option<Quota> {
         let requests = NonZeroU32::new(self.requests)?;
         let burst = NonZeroU32::new(self.burst.unwrap_or(self.requests))?;
@@ -149,11 +149,10 @@ pub struct RateLimitLayer {
 }
 
 impl RateLimitLayer {
-    /// A limiter named `name` (its policy name in the headers and its metric label).
-    pub fn new(name: impl Into<Arc<str>>, config: RateLimitConfig) -> Result<Self, crate::config::ConfigError> {
-        let mut problems = Problems::default();
-        config.validate("rate_limit", &mut problems);
-        problems.into_result()?;
+    /// A limiter named `name` (its policy name in the headers and its metric label), or the
+    /// problems with `config`.
+    pub fn new(name: impl Into<Arc<str>>, config: RateLimitConfig) -> Result<Self, ConfigError> {
+        crate::config::validate("rate_limit", &config)?;
         let name = name.into();
         let quota = config.quota().expect("validated above");
         let window = config.per.as_secs().max(1);
@@ -214,7 +213,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = RateLimitFuture<S::Future>;
+    type Future = ResponseFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -236,12 +235,12 @@ where
                 // Time until the bucket is whole again: one emission interval per used cell.
                 let reset = (period.as_secs_f64() * f64::from(used) / f64::from(shared.config.requests)).ceil() as u64;
                 let state = HeaderValue::try_from(format!("\"{}\";r={remaining};t={reset}", shared.name)).ok();
-                RateLimitFuture {
-                    state: LimitState::Allowed {
-                        inner: self.inner.call(request),
+                ResponseFuture {
+                    call: Call::called(WithHeaders {
+                        future: self.inner.call(request),
                         policy: shared.policy.clone(),
                         state,
-                    },
+                    }),
                 }
             }
             Err(not_until) => {
@@ -258,14 +257,12 @@ where
                     .into_response();
                 let headers = response.headers_mut();
                 headers.insert(RATELIMIT_POLICY, shared.policy.clone());
-                let reset = crate::http::retry_after_secs(wait);
+                let reset = retry_after_secs(wait);
                 if let Ok(value) = HeaderValue::try_from(format!("\"{}\";r=0;t={reset}", shared.name)) {
                     headers.insert(RATELIMIT, value);
                 }
-                RateLimitFuture {
-                    state: LimitState::Rejected {
-                        response: Some(response),
-                    },
+                ResponseFuture {
+                    call: Call::answered(Ok(response)),
                 }
             }
         }
@@ -273,40 +270,51 @@ where
 }
 
 pin_project! {
-    /// Response future of [`RateLimit`].
-    pub struct RateLimitFuture<F> {
+    /// The response future of [`RateLimit`]: the inner service's response with the rate limit
+    /// headers added, or the 429.
+    pub struct ResponseFuture<F: Future> {
         #[pin]
-        state: LimitState<F>,
+        call: Call<WithHeaders<F>, F::Output>,
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().call.poll(cx)
     }
 }
 
 pin_project! {
-    #[project = LimitStateProj]
-    enum LimitState<F> {
-        Allowed { #[pin] inner: F, policy: HeaderValue, state: Option<HeaderValue> },
-        Rejected { response: Option<Response> },
+    /// The admitted request's response, with `RateLimit-Policy` and `RateLimit` set.
+    struct WithHeaders<F> {
+        #[pin]
+        future: F,
+        policy: HeaderValue,
+        state: Option<HeaderValue>,
     }
 }
 
-impl<F, E> Future for RateLimitFuture<F>
+impl<F, E> Future for WithHeaders<F>
 where
     F: Future<Output = Result<Response, E>>,
 {
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            LimitStateProj::Allowed { inner, policy, state } => {
-                let mut response = ready!(inner.poll(cx))?;
-                let headers = response.headers_mut();
-                headers.insert(RATELIMIT_POLICY, policy.clone());
-                if let Some(state) = state.take() {
-                    headers.insert(RATELIMIT, state);
-                }
-                Poll::Ready(Ok(response))
-            }
-            LimitStateProj::Rejected { response } => Poll::Ready(Ok(response.take().expect("polled after completion"))),
+        let this = self.project();
+        let mut response = ready!(this.future.poll(cx))?;
+        let headers = response.headers_mut();
+        headers.insert(RATELIMIT_POLICY, this.policy.clone());
+        if let Some(state) = this.state.take() {
+            headers.insert(RATELIMIT, state);
         }
+        Poll::Ready(Ok(response))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Retries of HTTP requests: exponential backoff with jitter, `Retry-After`, and a retry budget
-//! so a failing dependency cannot set off a retry storm.
+//! so a failing dependency cannot set off a retry storm. [`RetryLayer`], its service [`Retry`]
+//! and [`ResponseFuture`].
 //!
 //! A request is retried when the attempt failed with an error (a connection error or an attempt
 //! timeout) or answered 408, 429, 500, 502, 503 or 504, and only when it is safe to send again:
@@ -22,21 +23,23 @@
 //! `budget_exhausted`, `attempts_exhausted` and `not_retryable` when a failed request is given
 //! up on. Each retry logs a WARN event with the attempt number, the delay and the reason.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use futures_util::future::BoxFuture;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use serde::Deserialize;
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tower::{Layer, Service, ServiceExt};
 
-use super::BoxError;
-use crate::config::{ByteSize, Problems};
-use crate::http::BoxFuture;
-use crate::resilience::circuit_breaker::CircuitOpen;
+use super::CircuitOpen;
+use crate::BoxError;
+use crate::config::{ByteSize, ConfigError, Problems, Validate};
 
 /// Name of the attempt counter.
 pub const ATTEMPTS_TOTAL: &str = "chassis_retry_attempts_total";
@@ -113,25 +116,27 @@ impl Default for RetryConfig {
     }
 }
 
-impl RetryConfig {
-    pub(crate) fn validate(&self, prefix: &str, problems: &mut Problems) {
+impl Validate for RetryConfig {
+    fn validate(&self, problems: &mut Problems) {
         problems.check(
             self.max_delay >= self.base_delay,
-            &format!("{prefix}.max_delay"),
+            "max_delay",
             "must be at least base_delay",
         );
         problems.check(
             (0.0..=1.0).contains(&self.budget.ratio),
-            &format!("{prefix}.budget.ratio"),
+            "budget.ratio",
             "must be between 0.0 and 1.0",
         );
         problems.check(
             self.budget.window >= Duration::from_secs(1) && self.budget.window <= Duration::from_secs(60),
-            &format!("{prefix}.budget.window"),
+            "budget.window",
             "must be between 1s and 60s",
         );
     }
+}
 
+impl RetryConfig {
     /// The delay before retry number `retry` (0-based), given the previous delay.
     fn backoff(&self, retry: u32, previous: Duration) -> Duration {
         match self.jitter {
@@ -196,9 +201,9 @@ struct Shared {
 /// Retries requests per [`RetryConfig`]. All services made by one layer share its budget.
 ///
 /// ```
-/// use chassis::resilience::retry::{RetryConfig, RetryLayer};
+/// use chassis::resilience::{RetryConfig, RetryLayer};
 ///
-/// let layer = RetryLayer::new("payments", RetryConfig::default());
+/// let layer = RetryLayer::new("payments", RetryConfig::default()).unwrap();
 /// # let _ = layer;
 /// ```
 #[derive(Debug, Clone)]
@@ -207,16 +212,17 @@ pub struct RetryLayer {
 }
 
 impl RetryLayer {
-    /// A layer named `name` (the `client` label of its metric).
-    pub fn new(name: impl Into<Arc<str>>, config: RetryConfig) -> Self {
+    /// A layer named `name` (the `client` label of its metric), or the problems with `config`.
+    pub fn new(name: impl Into<Arc<str>>, config: RetryConfig) -> Result<Self, ConfigError> {
+        crate::config::validate("retry", &config)?;
         let budget = TpsBudget::new(config.budget.window, config.budget.min_per_second, config.budget.ratio);
-        Self {
+        Ok(Self {
             shared: Arc::new(Shared {
                 name: name.into(),
                 config,
                 budget,
             }),
-        }
+        })
     }
 }
 
@@ -261,7 +267,7 @@ where
 {
     type Response = Response<B>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<B>, BoxError>>;
+    type Future = ResponseFuture<Response<B>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -271,7 +277,28 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        Box::pin(retrying(inner, shared, request))
+        ResponseFuture {
+            inner: Box::pin(retrying(inner, shared, request)),
+        }
+    }
+}
+
+/// The response future of [`Retry`]: every attempt and the waits between them.
+pub struct ResponseFuture<T> {
+    inner: BoxFuture<'static, Result<T, BoxError>>,
+}
+
+impl<T> std::fmt::Debug for ResponseFuture<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<T> Future for ResponseFuture<T> {
+    type Output = Result<T, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
     }
 }
 
@@ -395,7 +422,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_transient_failures_and_replays_the_body() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let service = RetryLayer::new("t", config()).layer(scripted(&[503, 502, 200], calls.clone()));
+        let service = RetryLayer::new("t", config())
+            .unwrap()
+            .layer(scripted(&[503, 502, 200], calls.clone()));
         let request = Request::put("/x").body(Body::from("payload")).unwrap();
         let response = service.oneshot(request).await.unwrap();
         assert_eq!(response.status(), 200);
@@ -410,7 +439,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn gives_up_after_max_retries_with_the_last_answer() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let service = RetryLayer::new("t", config()).layer(scripted(&[500], calls.clone()));
+        let service = RetryLayer::new("t", config())
+            .unwrap()
+            .layer(scripted(&[500], calls.clone()));
         let response = service
             .oneshot(Request::get("/").body(Body::empty()).unwrap())
             .await
@@ -422,7 +453,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn does_not_retry_post_without_an_idempotency_key_nor_4xx() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let service = RetryLayer::new("t", config()).layer(scripted(&[503, 200], calls.clone()));
+        let service = RetryLayer::new("t", config())
+            .unwrap()
+            .layer(scripted(&[503, 200], calls.clone()));
         let response = service
             .clone()
             .oneshot(Request::post("/").body(Body::empty()).unwrap())
@@ -444,7 +477,9 @@ mod tests {
         assert_eq!(response.status(), 200, "a POST with Idempotency-Key is retried");
 
         let calls = Arc::new(AtomicUsize::new(0));
-        let service = RetryLayer::new("t", config()).layer(scripted(&[404, 200], calls.clone()));
+        let service = RetryLayer::new("t", config())
+            .unwrap()
+            .layer(scripted(&[404, 200], calls.clone()));
         let response = service
             .oneshot(Request::get("/").body(Body::empty()).unwrap())
             .await
@@ -472,6 +507,7 @@ mod tests {
                 ..config()
             },
         )
+        .unwrap()
         .layer(service)
         .oneshot(Request::get("/").body(Body::empty()).unwrap())
         .await
@@ -487,6 +523,7 @@ mod tests {
                 ..config()
             },
         )
+        .unwrap()
         .layer(service)
         .oneshot(Request::get("/").body(Body::empty()).unwrap())
         .await
@@ -513,7 +550,8 @@ mod tests {
                 },
                 ..config()
             },
-        );
+        )
+        .unwrap();
         let service = layer.layer(scripted(&[500], calls.clone()));
         for _ in 0..100 {
             service

@@ -1,4 +1,4 @@
-//! A deadline for each call.
+//! A deadline for each call: [`TimeoutLayer`], its service [`Timeout`] and [`ResponseFuture`].
 //!
 //! Inbound, `http.request_timeout` bounds the whole request; a request still running when it
 //! elapses is dropped and answered `503` problem+json (`urn:chassis:problem:timeout`).
@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
-use super::BoxError;
+use crate::BoxError;
 
 /// The call did not complete within its timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +37,7 @@ impl Elapsed {
 ///
 /// ```
 /// use std::time::Duration;
-/// use chassis::resilience::timeout::TimeoutLayer;
+/// use chassis::resilience::TimeoutLayer;
 /// use tower::{ServiceBuilder, ServiceExt, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -88,18 +88,16 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = TimeoutFuture<S::Future>;
+    type Future = ResponseFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    // The layers are thin and the request and futures they pass on are large: inlined,
-    // they are built in place instead of copied at every layer (docs/src/performance.md).
     #[inline(always)]
     fn call(&mut self, request: R) -> Self::Future {
-        TimeoutFuture {
+        ResponseFuture {
             inner: self.inner.call(request),
             sleep: None,
             timeout: self.timeout,
@@ -108,11 +106,11 @@ where
 }
 
 pin_project! {
-    /// Response future of [`Timeout`].
+    /// The response future of [`Timeout`].
     ///
     /// The timer starts at the first poll that finds the call still running: most calls through
     /// a server stack complete in their first poll and never need a clock read or a timer.
-    pub struct TimeoutFuture<F> {
+    pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         #[pin]
@@ -121,7 +119,7 @@ pin_project! {
     }
 }
 
-impl<F, T, E> Future for TimeoutFuture<F>
+impl<F, T, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,

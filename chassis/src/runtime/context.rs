@@ -5,12 +5,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::{ChassisConfig, Config};
 use crate::client::{Client, ClientError, Clients};
-use crate::config::{ChassisConfig, Config};
 use crate::health::HealthRegistry;
-use crate::messaging::{Bus, Command, Event, Incoming, MessagingError};
+use crate::messaging::{Bus, Command, Event, MessageHandler, MessagingError};
 use crate::metrics::MetricsHandle;
-use crate::resilience::circuit_breaker::CircuitBreakerRegistry;
+use crate::resilience::CircuitBreakerRegistry;
 
 /// What a service's init function gets: its settings, the chassis config, the health registry
 /// and the hooks into graceful shutdown. Cheap to clone.
@@ -126,12 +126,10 @@ impl<T> Context<T> {
     /// Subscribes `group` to events of type `M` with `handler`, run as tracked background
     /// tasks: at shutdown they stop taking messages, finish the ones in hand and acknowledge
     /// them within the grace period.
-    pub async fn subscribe<M, H, Fut, E>(&self, group: &str, handler: H) -> Result<(), MessagingError>
+    pub async fn subscribe<M, H>(&self, group: &str, handler: H) -> Result<(), MessagingError>
     where
         M: Event,
-        H: Fn(Incoming<M>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
+        H: MessageHandler<M>,
     {
         let consumers = self.inner.bus.subscribe(group, handler, self.shutdown_token()).await?;
         self.track(consumers);
@@ -139,18 +137,12 @@ impl<T> Context<T> {
     }
 
     /// Registers the handler of command `C`, run like [`Context::subscribe`].
-    pub async fn handle<C, H, Fut, E>(&self, handler: H) -> Result<(), MessagingError>
+    pub async fn handle<C, H>(&self, handler: H) -> Result<(), MessagingError>
     where
         C: Command,
-        H: Fn(Incoming<C>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
+        H: MessageHandler<C>,
     {
-        let consumers = self
-            .inner
-            .bus
-            .handle::<C, _, _, _>(handler, self.shutdown_token())
-            .await?;
+        let consumers = self.inner.bus.handle::<C, _>(handler, self.shutdown_token()).await?;
         self.track(consumers);
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! The inbound middleware stack, assembled once around the whole router.
+//! The inbound middleware stack, assembled once around the whole router: [`Inbound`] and its
+//! [`ResponseFuture`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,15 +16,14 @@ use pin_project_lite::pin_project;
 use tower::util::{Either, MapFuture};
 use tower::{Layer, Service, ServiceExt as _};
 
-use crate::config::ChassisConfig;
+use super::ChassisConfig;
 use crate::http::{
-    BodyLimit, BodyLimitLayer, CaptureRouteLayer, ProblemLayer, ProblemService, RecoverPanic, RecoverPanicLayer,
+    BodyLimit, BodyLimitLayer, CaptureRouteLayer, ProblemResponse, ProblemResponseLayer, RecoverPanic,
+    RecoverPanicLayer,
 };
 use crate::metrics::{HttpMetrics, HttpMetricsLayer};
-use crate::resilience::bulkhead::{Bulkhead, BulkheadConfig, BulkheadLayer};
-use crate::resilience::rate_limit::{RateLimit, RateLimitLayer};
-use crate::resilience::timeout::{Timeout, TimeoutLayer};
-use crate::telemetry::{RequestIdLayer, SetRequestId, TraceLayer, TraceService};
+use crate::resilience::{Bulkhead, BulkheadConfig, BulkheadLayer, RateLimit, RateLimitLayer, Timeout, TimeoutLayer};
+use crate::telemetry::{SetRequestId, SetRequestIdLayer, Trace, TraceLayer};
 
 type Routes = Either<<DefaultBodyLimit as Layer<Router>>::Service, Router>;
 type Guarded = Timeout<BodyLimit<RecoverPanic<Routes>>>;
@@ -36,10 +36,11 @@ const AXUM_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// layer above returns its own future by value, and without the box each would copy them again.
 type Limited = MapFuture<Unboxed, fn(UnboxedFuture) -> Pin<Box<UnboxedFuture>>>;
 type Shed = Either<Bulkhead<Limited>, Limited>;
-type Observed = Either<HttpMetrics<ProblemService<Shed>>, ProblemService<Shed>>;
-type Stack = SetRequestId<TraceService<Observed>>;
+type Observed = Either<HttpMetrics<ProblemResponse<Shed>>, ProblemResponse<Shed>>;
+type Stack = SetRequestId<Trace<Observed>>;
 
-/// A service's router wrapped in the chassis' inbound stack, outermost first:
+/// A service's router wrapped in the chassis' inbound stack, outermost first (the order and the
+/// reason for each position are in the architecture guide):
 ///
 /// request id > trace > metrics > problem responses > load shedding > rate limit (when
 /// `[http.rate_limit]` is set) > timeout > body limit > catch panic > router (which records the
@@ -50,27 +51,27 @@ type Stack = SetRequestId<TraceService<Observed>>;
 ///
 /// ```
 /// use axum::{Router, routing::get};
-/// use chassis::runtime::InboundService;
+/// use chassis::runtime::Inbound;
 ///
 /// let routes = Router::new().route("/", get(|| async { "hi" }));
-/// let service = InboundService::new(routes, &Default::default());
+/// let service = Inbound::new(routes, &Default::default());
 /// ```
 #[derive(Clone)]
-pub struct InboundService {
+pub struct Inbound {
     stack: Stack,
     admin: Option<Router>,
     remote: Option<SocketAddr>,
 }
 
-impl std::fmt::Debug for InboundService {
+impl std::fmt::Debug for Inbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InboundService")
+        f.debug_struct("Inbound")
             .field("admin_shared", &self.admin.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl InboundService {
+impl Inbound {
     /// Wraps `routes` in the stack configured by `config` (`[http]`, `[telemetry]`, `[metrics]`).
     pub fn new(routes: Router, config: &ChassisConfig) -> Self {
         let http = &config.http;
@@ -92,7 +93,7 @@ impl InboundService {
         let unboxed: Unboxed = match &http.rate_limit {
             Some(rate_limit) => Either::Left(
                 RateLimitLayer::new("http_server", rate_limit.clone())
-                    .expect("validated with the config")
+                    .expect("`http.rate_limit` is validated when the configuration loads")
                     .layer(guarded),
             ),
             None => Either::Right(guarded),
@@ -103,11 +104,15 @@ impl InboundService {
                 max_concurrent: http.max_concurrent_requests,
                 ..BulkheadConfig::default()
             };
-            Either::Left(BulkheadLayer::new("http_server", bulkhead).layer(limited))
+            Either::Left(
+                BulkheadLayer::new("http_server", bulkhead)
+                    .expect("a positive max_concurrent_requests is a valid bulkhead")
+                    .layer(limited),
+            )
         } else {
             Either::Right(limited)
         };
-        let problems = ProblemLayer.layer(shed);
+        let problems = ProblemResponseLayer.layer(shed);
         let observed: Observed = if config.metrics.enabled {
             Either::Left(HttpMetricsLayer::new().layer(problems))
         } else {
@@ -117,7 +122,7 @@ impl InboundService {
             .access_log(config.telemetry.access_log)
             .layer(observed);
         Self {
-            stack: RequestIdLayer::new().layer(traced),
+            stack: SetRequestIdLayer::new().layer(traced),
             admin: None,
             remote: None,
         }
@@ -167,18 +172,16 @@ pub(crate) fn is_admin_path(path: &str) -> bool {
     path == "/metrics" || path == "/circuit-breakers" || path.starts_with("/health/")
 }
 
-impl Service<Request<Body>> for InboundService {
+impl Service<Request<Body>> for Inbound {
     type Response = Response;
     type Error = Infallible;
-    type Future = InboundFuture;
+    type Future = ResponseFuture;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         <Stack as Service<Request<Body>>>::poll_ready(&mut self.stack, cx)
     }
 
-    // The layers are thin and the request and futures they pass on are large: inlined,
-    // they are built in place instead of copied at every layer (docs/src/performance.md).
     #[inline(always)]
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         if request.extensions().is_empty() {
@@ -190,13 +193,13 @@ impl Service<Request<Body>> for InboundService {
         if let Some(admin) = &self.admin
             && is_admin_path(request.uri().path())
         {
-            return InboundFuture {
+            return ResponseFuture {
                 state: InboundState::Admin {
                     inner: Box::pin(admin.clone().oneshot(request)),
                 },
             };
         }
-        InboundFuture {
+        ResponseFuture {
             state: InboundState::Stack {
                 inner: self.stack.call(request),
             },
@@ -205,8 +208,8 @@ impl Service<Request<Body>> for InboundService {
 }
 
 pin_project! {
-    /// Response future of [`InboundService`].
-    pub struct InboundFuture {
+    /// The response future of [`Inbound`].
+    pub struct ResponseFuture {
         #[pin]
         state: InboundState,
     }
@@ -227,7 +230,7 @@ pin_project! {
     }
 }
 
-impl Future for InboundFuture {
+impl Future for ResponseFuture {
     type Output = Result<Response, Infallible>;
 
     #[inline]
@@ -248,20 +251,16 @@ mod tests {
     /// The status of posting `len` bytes without a `Content-Length` (so only the extractor's
     /// limit can stop it) under `http.body_limit = limit`.
     async fn post_undeclared(limit: &str, len: usize) -> StatusCode {
-        let config = crate::config::ConfigLoader::new()
-            .set("http.body_limit", limit)
-            .load::<()>()
-            .expect("config");
+        let config =
+            super::super::Config::<()>::load(&crate::config::ConfigLoader::new().set("http.body_limit", limit))
+                .expect("config");
         let routes = Router::new().route(
             "/echo",
             post(|body: axum::body::Bytes| async move { body.len().to_string() }),
         );
         let request = Request::post("/echo").body(Body::from(vec![b'x'; len])).unwrap();
         assert!(request.headers().get(http::header::CONTENT_LENGTH).is_none());
-        let response = InboundService::new(routes, &config.chassis)
-            .oneshot(request)
-            .await
-            .unwrap();
+        let response = Inbound::new(routes, &config.chassis).oneshot(request).await.unwrap();
         response.status()
     }
 
@@ -285,7 +284,7 @@ mod tests {
                     .to_owned()
             }),
         );
-        let service = InboundService::new(routes, &Default::default());
+        let service = Inbound::new(routes, &Default::default());
         for given in [None, Some(FromTheServer("kept"))] {
             let mut request = Request::get("/").body(Body::empty()).unwrap();
             if let Some(extension) = given.clone() {

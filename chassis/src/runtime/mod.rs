@@ -14,8 +14,10 @@
 //! [`Context::spawn`] get `shutdown.grace_period` to finish; the admin listener closes;
 //! buffered spans are exported.
 
+mod checks;
+mod config;
 mod context;
-mod inbound;
+pub mod inbound;
 mod settings;
 
 use std::future::Future;
@@ -33,15 +35,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use config::{ChassisConfig, Config};
 pub use context::Context;
-pub use inbound::{InboundFuture, InboundService};
+pub use inbound::Inbound;
 pub use settings::{AdminConfig, HttpConfig, ShutdownConfig};
 
 use crate::client::Clients;
 use crate::config::{ConfigError, ConfigLoader};
 use crate::health::HealthRegistry;
 use crate::metrics::{MetricsError, MetricsHandle};
-use crate::resilience::circuit_breaker::CircuitBreakerRegistry;
+use crate::resilience::CircuitBreakerRegistry;
 use crate::telemetry::{TelemetryError, TelemetryGuard};
 
 /// The media type of `/metrics`.
@@ -259,7 +262,7 @@ pub fn admin_router(
         ),
         None => router,
     };
-    // Handlers become services once, not per request (see `InboundService::new`).
+    // Handlers become services once, not per request (see `Inbound::new`).
     router.with_state(())
 }
 
@@ -280,17 +283,17 @@ async fn bind(
     Ok((bound, local))
 }
 
-/// Hands every connection its own [`InboundService`] carrying the peer address.
+/// Hands every connection its own [`Inbound`] carrying the peer address.
 #[derive(Clone)]
-struct MakeInbound(InboundService);
+struct MakeInbound(Inbound);
 
 impl<L> tower::Service<IncomingStream<'_, L>> for MakeInbound
 where
     L: Listener<Addr = SocketAddr>,
 {
-    type Response = InboundService;
+    type Response = Inbound;
     type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<InboundService, std::convert::Infallible>>;
+    type Future = std::future::Ready<Result<Inbound, std::convert::Infallible>>;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
@@ -324,7 +327,7 @@ where
     F: FnOnce(Context<T>) -> Fut,
     Fut: Future<Output = crate::Result<Router>>,
 {
-    let config = options.loader.load::<T>()?;
+    let config = Config::<T>::load(&options.loader)?;
     let chassis = config.chassis.clone();
     let telemetry = crate::telemetry::init(&chassis.service, &chassis.telemetry)?;
     let metrics = match chassis.metrics.enabled {
@@ -335,7 +338,7 @@ where
 
     let (main_listener, http_addr) = bind(chassis.http.addr(), "http", "http.port").await?;
     let breakers = CircuitBreakerRegistry::new();
-    health.register(breakers.health_check());
+    health.register(checks::circuit_breakers(breakers.clone()));
     let admin = admin_router(health.clone(), metrics.clone(), breakers.clone());
     let admin_stop = CancellationToken::new();
     let (admin_addr, admin_server) = if chassis.admin.shared {
@@ -353,20 +356,7 @@ where
         Some(transport) => transport,
         None => crate::messaging::connect(&chassis.messaging).await?,
     };
-    {
-        let transport = transport.clone();
-        let name = format!("messaging:{}", transport.name());
-        health.register(crate::health::Check::new(name, move || {
-            let connected = transport.is_connected();
-            async move {
-                if connected {
-                    crate::health::CheckResult::pass()
-                } else {
-                    crate::health::CheckResult::fail("not connected to the broker; reconnecting")
-                }
-            }
-        }));
-    }
+    health.register(checks::broker(transport.clone()));
     let bus = crate::messaging::Bus::from_arc(transport, chassis.service.name.as_str(), chassis.messaging.clone());
     let ctx = Context::new(
         config,
@@ -386,7 +376,7 @@ where
         }
     };
 
-    let mut inbound = InboundService::new(routes, &chassis);
+    let mut inbound = Inbound::new(routes, &chassis);
     if chassis.admin.shared {
         inbound = inbound.with_admin(admin);
     }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ByteSize, Problems};
+use crate::config::{ByteSize, Problems, Validate};
+use crate::resilience::RateLimitConfig;
 
 /// `[http]`: the main listener and the limits every request gets.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -28,9 +29,9 @@ pub struct HttpConfig {
     /// limit.
     pub max_concurrent_requests: usize,
     /// `[http.rate_limit]`: a rate limit on every request (see
-    /// [`RateLimitConfig`](crate::resilience::rate_limit::RateLimitConfig)). Default: none.
+    /// [`RateLimitConfig`]). Default: none.
     /// Per-route limits are added with `RateLimitLayer` on the routes.
-    pub rate_limit: Option<crate::resilience::rate_limit::RateLimitConfig>,
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 impl Default for HttpConfig {
@@ -51,18 +52,17 @@ impl HttpConfig {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
     }
+}
 
-    pub(crate) fn validate(&self, problems: &mut Problems) {
+impl Validate for HttpConfig {
+    fn validate(&self, problems: &mut Problems) {
         problems.check(
             !self.request_timeout.is_zero(),
-            "http.request_timeout",
+            "request_timeout",
             "must be greater than zero",
         );
-        problems.check(
-            self.body_limit.bytes() > 0,
-            "http.body_limit",
-            "must be greater than zero",
-        );
+        problems.check(self.body_limit.bytes() > 0, "body_limit", "must be greater than zero");
+        problems.nested("rate_limit", |p| self.rate_limit.validate(p));
     }
 }
 
@@ -96,17 +96,12 @@ impl AdminConfig {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
     }
+}
 
-    pub(crate) fn validate(&self, http: &HttpConfig, problems: &mut Problems) {
-        problems.check(
-            self.shared || self.port == 0 || self.port != http.port,
-            "admin.port",
-            format!(
-                "must differ from http.port ({}); set admin.shared = true to serve the admin endpoints on the main port",
-                http.port
-            ),
-        );
-    }
+/// The admin port is checked against `http.port` where both are known
+/// ([`ChassisConfig`](super::ChassisConfig)).
+impl Validate for AdminConfig {
+    fn validate(&self, _: &mut Problems) {}
 }
 
 /// `[shutdown]`: graceful shutdown timing.
@@ -137,11 +132,11 @@ impl Default for ShutdownConfig {
     }
 }
 
-impl ShutdownConfig {
-    pub(crate) fn validate(&self, problems: &mut Problems) {
+impl Validate for ShutdownConfig {
+    fn validate(&self, problems: &mut Problems) {
         problems.check(
             !self.grace_period.is_zero(),
-            "shutdown.grace_period",
+            "grace_period",
             "must be greater than zero",
         );
     }

@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 
 use super::{SagaError, SagaRecord, SagaStatus, SagaStore};
-use crate::http::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// The SQL that creates the `chassis_sagas` table; [`PostgresSagaStore::migrate`] runs it.
 pub const SAGA_MIGRATION: &str = include_str!("../../migrations/0002_chassis_sagas.sql");
@@ -31,7 +31,7 @@ fn error(e: impl std::fmt::Display) -> SagaError {
 impl PostgresSagaStore {
     /// Connects a small pool to `url`.
     pub async fn connect(url: &str) -> Result<Self, SagaError> {
-        let pool = crate::idempotency::connect_pool(url).await.map_err(error)?;
+        let pool = crate::storage::postgres::connect_pool(url).await.map_err(error)?;
         Ok(Self { pool })
     }
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::SagaError;
-use crate::http::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// Where a saga instance stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +58,7 @@ impl SagaStatus {
 /// The persisted state of one saga instance, written after every transition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaRecord {
-    /// The saga's name ([`Saga::new`](super::Saga::new)).
+    /// The saga's name ([`Saga::builder`](super::Saga::builder)).
     pub saga: String,
     /// The instance id given to [`Saga::start`](super::Saga::start).
     pub id: String,

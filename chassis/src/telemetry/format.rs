@@ -56,7 +56,7 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     ctx.event_scope()
-        .is_some_and(|mut scope| scope.any(|span| span.metadata().target() == super::trace_layer::SERVER_SPAN_TARGET))
+        .is_some_and(|mut scope| scope.any(|span| span.metadata().target() == super::request_span::SERVER_SPAN_TARGET))
 }
 
 /// Human-readable lines:
@@ -110,11 +110,11 @@ where
             humantime::format_rfc3339_millis(SystemTime::now())
         )?;
         if !in_request_span(ctx)
-            && let Some(request) = super::trace_layer::polled_request()
+            && let Some(request) = super::request_span::polled_request()
         {
             // The request's span was not made (or not entered here): the same prefix from
             // what it would hold.
-            write!(writer, "{}{{", super::trace_layer::REQUEST_SPAN_NAME)?;
+            write!(writer, "{}{{", super::request_span::REQUEST_SPAN_NAME)?;
             for (i, (name, value)) in request.fields().enumerate() {
                 let separator = if i == 0 { "" } else { " " };
                 write!(writer, "{separator}{name}={value:?}")?;
@@ -166,7 +166,7 @@ where
         let ids = trace_ids(ctx, &self.dispatch);
         // With no span entered, the current span is the request's, whether or not it was made.
         let request = match ctx.lookup_current() {
-            None => super::trace_layer::polled_request(),
+            None => super::request_span::polled_request(),
             Some(_) => None,
         };
         if ids.is_none() && request.is_none() {
@@ -187,7 +187,7 @@ where
                 .fields()
                 .map(|(name, value)| (name.into(), value.into()))
                 .collect();
-            span.insert("name".into(), super::trace_layer::REQUEST_SPAN_NAME.into());
+            span.insert("name".into(), super::request_span::REQUEST_SPAN_NAME.into());
             write!(writer, ",\"span\":{}", serde_json::Value::Object(span))?;
         }
         writer.write_str("}\n")
@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn lines_inside_a_request_carry_its_fields_whether_or_not_its_span_was_made() {
-        use super::super::trace_layer::in_polled_request;
+        use super::super::request_span::in_polled_request;
         let prefix = r#"HTTP request{http.request.method="GET" url.path="/orders/7" request_id="abc-1"}: "#;
         let (line, _) = in_polled_request("GET", "/orders/7?x=1", Some("abc-1"), || log_line(false, false));
         assert!(

@@ -4,6 +4,7 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
 /// Reads propagation fields (`traceparent`, `tracestate`, `baggage`) from HTTP headers.
 #[derive(Debug)]
@@ -35,7 +36,7 @@ impl Injector for HeaderInjector<'_> {
 /// OpenTelemetry's global on every request, which would take a lock on the hot path.
 pub fn propagator() -> &'static TextMapCompositePropagator {
     static PROPAGATOR: OnceLock<TextMapCompositePropagator> = OnceLock::new();
-    PROPAGATOR.get_or_init(super::composite_propagator)
+    PROPAGATOR.get_or_init(composite_propagator)
 }
 
 /// Extracts the remote context from `headers`. A missing or malformed `traceparent` yields an
@@ -87,6 +88,14 @@ fn carries_propagation_fields(headers: &HeaderMap) -> bool {
 /// ```
 pub fn inject_context(cx: &Context, headers: &mut HeaderMap) {
     propagator().inject_context(cx, &mut HeaderInjector(headers));
+}
+
+/// W3C TraceContext and Baggage, the propagators the chassis installs.
+pub(crate) fn composite_propagator() -> TextMapCompositePropagator {
+    TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])
 }
 
 #[cfg(test)]

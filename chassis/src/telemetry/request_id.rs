@@ -1,3 +1,6 @@
+//! Request ids: [`SetRequestIdLayer`], its service [`SetRequestId`], [`ResponseFuture`] and the
+//! [`RequestId`] handlers see.
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -63,26 +66,26 @@ fn generate() -> HeaderValue {
 ///
 /// ```
 /// use axum::{Router, routing::get};
-/// use chassis::telemetry::RequestIdLayer;
+/// use chassis::telemetry::SetRequestIdLayer;
 /// use tower::ServiceBuilder;
 ///
 /// let app = ServiceBuilder::new()
-///     .layer(RequestIdLayer::new())
+///     .layer(SetRequestIdLayer::new())
 ///     .service(Router::<()>::new().route("/", get(|| async { "hi" })));
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RequestIdLayer {
+pub struct SetRequestIdLayer {
     _private: (),
 }
 
-impl RequestIdLayer {
+impl SetRequestIdLayer {
     /// The layer.
     pub fn new() -> Self {
         Self { _private: () }
     }
 }
 
-impl<S> Layer<S> for RequestIdLayer {
+impl<S> Layer<S> for SetRequestIdLayer {
     type Service = SetRequestId<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -90,7 +93,7 @@ impl<S> Layer<S> for RequestIdLayer {
     }
 }
 
-/// The service of [`RequestIdLayer`].
+/// The service of [`SetRequestIdLayer`].
 #[derive(Debug, Clone)]
 pub struct SetRequestId<S> {
     inner: S,
@@ -102,15 +105,13 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = RequestIdFuture<S::Future>;
+    type Future = ResponseFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    // The layers are thin and the request and futures they pass on are large: inlined,
-    // they are built in place instead of copied at every layer (docs/src/performance.md).
     #[inline(always)]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // One lookup of the header for both reading it and (when missing or unusable) setting it.
@@ -123,7 +124,7 @@ where
             Entry::Vacant(entry) => entry.insert(generate()).clone(),
         };
         request.extensions_mut().insert(RequestId(id.clone()));
-        RequestIdFuture {
+        ResponseFuture {
             inner: self.inner.call(request),
             id: Some(id),
         }
@@ -131,15 +132,15 @@ where
 }
 
 pin_project! {
-    /// Response future of [`SetRequestId`].
-    pub struct RequestIdFuture<F> {
+    /// The response future of [`SetRequestId`].
+    pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         id: Option<HeaderValue>,
     }
 }
 
-impl<F, B, E> Future for RequestIdFuture<F>
+impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
@@ -163,7 +164,7 @@ mod tests {
     use tower::ServiceExt;
 
     fn app() -> SetRequestId<Router> {
-        RequestIdLayer::new().layer(Router::new().route(
+        SetRequestIdLayer::new().layer(Router::new().route(
             "/",
             get(|Extension(id): Extension<RequestId>| async move { id.as_str().to_owned() }),
         ))
@@ -216,7 +217,7 @@ mod tests {
     #[tokio::test]
     async fn the_request_carries_the_id_it_is_served_with() {
         // What a proxy behind the layer forwards: the request's own header, set or replaced.
-        let echo = RequestIdLayer::new().layer(Router::new().route(
+        let echo = SetRequestIdLayer::new().layer(Router::new().route(
             "/",
             get(|headers: http::HeaderMap| async move { headers[REQUEST_ID_HEADER].to_str().unwrap().to_owned() }),
         ));

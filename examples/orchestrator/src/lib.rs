@@ -122,12 +122,12 @@ pub fn checkout_saga(
     payments: Client,
     bus: Bus,
     step_timeout: Duration,
-) -> Saga<Checkout> {
+) -> Result<Saga<Checkout>, chassis::saga::SagaError> {
     let (reserve, release) = (inventory.clone(), inventory);
     let (charge, refund) = (payments.clone(), payments);
     // A compensation must happen eventually: keep trying for minutes, long enough for the
     // breaker of a struggling service to half-open and let the call through.
-    Saga::new("checkout", store)
+    Saga::builder("checkout", store)
         .compensation_attempts(12)
         .compensation_retry_delay(Duration::from_millis(500))
         .step(
@@ -189,6 +189,7 @@ pub fn checkout_saga(
             })
             .timeout(step_timeout),
         )
+        .build()
 }
 
 /// `GET /checkouts/{id}` answer.
@@ -282,7 +283,7 @@ pub async fn service(ctx: Context<Settings>) -> chassis::Result<Router> {
         ctx.client("payments")?,
         ctx.bus().clone(),
         settings.step_timeout,
-    );
+    )?;
     let resumer = saga.clone();
     let stop = ctx.shutdown_token();
     ctx.spawn(async move {

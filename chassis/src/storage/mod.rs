@@ -1,0 +1,5 @@
+//! Connections to the stores the chassis keeps its own state in (idempotency keys, processed
+//! messages, saga state), shared by the modules that keep it there.
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;

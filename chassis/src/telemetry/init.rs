@@ -1,0 +1,213 @@
+//! Installing logs and traces for the process: the subscriber, the tracer provider, the
+//! propagators.
+
+use std::sync::OnceLock;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::FilterExt as _;
+use tracing_subscriber::layer::SubscriberExt;
+
+use super::request_span::{self, RequestSpans, ServerContextLayer};
+use super::span_source::{self, SpanSource};
+use super::{LogFormat, TelemetryConfig, exporter, format};
+use crate::config::ServiceConfig;
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built.
+    #[error("cannot build the OTLP trace exporter for {endpoint}: {reason}")]
+    Exporter {
+        /// The endpoint, or where it was read from.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Keeps the tracer provider alive; call [`TelemetryGuard::shutdown`] on exit to flush spans.
+///
+/// Every service started in the process holds one on the same provider. Stopping a service
+/// flushes the spans batched so far but leaves the provider running, so services started side
+/// by side (tests, a one-process demo) keep tracing after one of them stops.
+#[derive(Debug)]
+#[must_use = "dropping the guard without shutdown() loses the spans still in the batch"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// The provider installed by the first [`init`].
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+impl TelemetryGuard {
+    /// A guard that owns nothing (telemetry was initialized elsewhere).
+    pub fn none() -> Self {
+        Self { provider: None }
+    }
+
+    /// `true` when this guard holds the process' tracer provider.
+    pub fn owns_provider(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports the spans still batched.
+    pub async fn flush(&self) {
+        if let Some(provider) = self.provider.clone() {
+            // The SDK's flush blocks the calling thread until the exporter answers.
+            let result = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+            if let Ok(Err(e)) = result {
+                eprintln!("telemetry: flushing spans failed: {e}");
+            }
+        }
+    }
+
+    /// Exports the spans still batched, at shutdown. The provider itself keeps running until
+    /// the process exits: other services of the process may still be tracing.
+    pub async fn shutdown(self) {
+        self.flush().await;
+    }
+}
+
+static INSTALLED: OnceLock<()> = OnceLock::new();
+
+/// Installs logging and tracing for the process. The first call wins: later calls (a second
+/// service started in the same process) keep the first configuration and share its provider.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), chassis::telemetry::TelemetryError> {
+/// let service = chassis::config::ServiceConfig::default();
+/// let guard = chassis::telemetry::init(&service, &Default::default())?;
+/// tracing::info!("up");
+/// guard.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
+    if INSTALLED.get().is_some() {
+        return Ok(TelemetryGuard {
+            provider: PROVIDER.get().cloned(),
+        });
+    }
+    let (provider, exporting) = build_provider(service, config)?;
+    let tracer = provider.tracer("chassis");
+
+    let log_filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder().parse_lossy(directives),
+        _ => EnvFilter::builder().parse_lossy(&config.log_level),
+    };
+    let trace_filter = EnvFilter::builder().parse_lossy(&config.trace_level);
+    let slot = format::DispatchSlot::default();
+    let fmt_layer = match config.log_format {
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .event_format(format::TextFormat::new(ansi, slot.clone()))
+                .boxed()
+        }
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .event_format(format::JsonWithTraceIds::new(slot.clone()))
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .boxed(),
+    };
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        // Busy/idle time per span costs two clock reads per poll and is rarely looked at.
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_target(false);
+
+    span_source::set_server_spans(server_spans_enabled(&config.trace_level));
+    // The inbound layer builds server spans with the OpenTelemetry API; its `tracing` span is
+    // for log lines only.
+    // Static filters (targets and levels only): each callsite's interest is decided once, so
+    // a disabled event or span costs nothing per hit.
+    let not_server_span = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with_target(
+            request_span::SERVER_SPAN_TARGET,
+            tracing_subscriber::filter::LevelFilter::OFF,
+        );
+    let dispatch = tracing::Dispatch::new(RequestSpans::new(
+        tracing_subscriber::registry()
+            .with(fmt_layer.with_filter(log_filter))
+            .with(otel_layer.with_filter(trace_filter.and(not_server_span)))
+            .with(ServerContextLayer.with_filter(ServerContextLayer::filter())),
+    ));
+    let _ = slot.set(dispatch.downgrade());
+    let installed = tracing::dispatcher::set_global_default(dispatch).is_ok();
+    // Request spans are made on demand only where `Span::current()` can make them: under this
+    // subscriber, installed for the whole process.
+    request_span::set_lazy_request_spans(installed);
+    let _ = INSTALLED.set(());
+    if !installed {
+        // Someone else owns the global subscriber; our provider would never see a span.
+        let _ = provider.shutdown();
+        return Ok(TelemetryGuard::none());
+    }
+    opentelemetry::global::set_text_map_propagator(super::propagation::composite_propagator());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let _ = PROVIDER.set(provider.clone());
+    span_source::set_span_source(match exporting {
+        true => SpanSource::Recorded(provider.tracer("chassis")),
+        false => SpanSource::Propagated(sampler(config)),
+    });
+    Ok(TelemetryGuard {
+        provider: Some(provider),
+    })
+}
+
+/// Whether `trace_level` lets INFO spans of the inbound layer through, asked of an `EnvFilter`
+/// of those directives in a subscriber of its own.
+fn server_spans_enabled(trace_level: &str) -> bool {
+    let filter = EnvFilter::builder().parse_lossy(trace_level);
+    let probe = tracing_subscriber::registry().with(filter);
+    tracing::subscriber::with_default(
+        probe,
+        || tracing::enabled!(target: request_span::SERVER_SPAN_TARGET, tracing::Level::INFO),
+    )
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
+}
+
+fn sampler(config: &TelemetryConfig) -> Sampler {
+    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sampling_ratio)))
+}
+
+/// The provider, and whether it exports.
+fn build_provider(
+    service: &ServiceConfig,
+    config: &TelemetryConfig,
+) -> Result<(SdkTracerProvider, bool), TelemetryError> {
+    let mut resource = Resource::builder();
+    if !env_set("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name(service.name.clone());
+    }
+    let resource = resource
+        .with_attributes([
+            KeyValue::new("service.version", service.version.clone()),
+            KeyValue::new("deployment.environment.name", service.environment.clone()),
+        ])
+        .build();
+    let builder = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_sampler(sampler(config));
+
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let wanted = config.otlp.endpoint.is_some()
+        || env_set("OTEL_EXPORTER_OTLP_ENDPOINT")
+        || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    if disabled || !wanted {
+        return Ok((builder.build(), false));
+    }
+    let exporter = exporter::build(&config.otlp)?;
+    Ok((builder.with_batch_exporter(exporter).build(), true))
+}
