@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -127,11 +126,15 @@ async fn the_breaker_opens_on_a_failing_callee_fails_fast_and_closes_after_recov
     );
 
     callee.failing.store(false, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Rejected at once while open; once the open duration is over, the probe goes through.
+    chassis::testing::eventually("the breaker to let a probe through", async || {
+        (http.get(&proxy).send().await.unwrap().status() == 200).then_some(())
+    })
+    .await;
     assert_eq!(
-        http.get(&proxy).send().await.unwrap().status(),
-        200,
-        "the probe goes through"
+        callee.hits.load(Ordering::SeqCst),
+        5,
+        "only the probe reached the callee"
     );
     assert_eq!(http.get(&proxy).send().await.unwrap().status(), 200);
     assert_eq!(callee.hits.load(Ordering::SeqCst), 6);

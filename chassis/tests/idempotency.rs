@@ -14,40 +14,21 @@ use chassis::idempotency::{
     IdempotencyConfig, IdempotencyLayer, IdempotencyStore, IdempotentConsumer, MemoryStore, PostgresStore, Processed,
     RedisStore,
 };
-use chassis::testing::{idempotency_store_conformance, spawn};
-
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+use chassis::testing::{backend, backend_url, idempotency_store_conformance, spawn};
 
 async fn redis() -> Option<RedisStore> {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    match RedisStore::connect(&url, "chassis-tests").await {
-        Ok(store) => Some(store),
-        Err(e) if !required() => {
-            eprintln!("skipping: Redis unreachable ({e}); set CI=true to make this a failure");
-            None
-        }
-        Err(e) => panic!("Redis is required under CI=true: {e}"),
-    }
+    let url = backend_url("REDIS_URL", "redis://127.0.0.1:6379");
+    backend("Redis", RedisStore::connect(&url, "chassis-tests")).await
 }
 
 fn postgres_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    backend_url("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 }
 
 async fn postgres() -> Option<PostgresStore> {
-    match PostgresStore::connect(&postgres_url()).await {
-        Ok(store) => {
-            store.migrate().await.expect("migration");
-            Some(store)
-        }
-        Err(e) if !required() => {
-            eprintln!("skipping: PostgreSQL unreachable ({e}); set CI=true to make this a failure");
-            None
-        }
-        Err(e) => panic!("PostgreSQL is required under CI=true: {e}"),
-    }
+    let store = backend("PostgreSQL", PostgresStore::connect(&postgres_url())).await?;
+    store.migrate().await.expect("migration");
+    Some(store)
 }
 
 #[tokio::test]
@@ -226,9 +207,11 @@ async fn survives_a_connection_drop(store: Arc<dyn IdempotencyStore>, kill: impl
         .unwrap();
     assert_eq!(warm.status(), 201);
     kill().await;
+    // A client retrying with one key until the store is back: 503s while it is not, then one
+    // execution and replays.
     let key = uuid::Uuid::new_v4().to_string();
     let mut created = 0;
-    for _ in 0..20 {
+    chassis::testing::eventually("the store to recover", async || {
         let response = http
             .post(&url)
             .header("idempotency-key", key.as_str())
@@ -244,11 +227,9 @@ async fn survives_a_connection_drop(store: Arc<dyn IdempotencyStore>, kill: impl
             }
             other => panic!("unexpected status {other}"),
         }
-        if created >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (created >= 2).then_some(())
+    })
+    .await;
     assert!(created >= 2, "the store recovered and the retries were replays");
     assert_eq!(
         executions.load(Ordering::SeqCst),
@@ -261,7 +242,7 @@ async fn survives_a_connection_drop(store: Arc<dyn IdempotencyStore>, kill: impl
 #[tokio::test]
 async fn redis_connection_drop_never_runs_a_request_twice() {
     let Some(store) = redis().await else { return };
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = backend_url("REDIS_URL", "redis://127.0.0.1:6379");
     survives_a_connection_drop(Arc::new(store), async move || {
         let client = redis::Client::open(url.as_str()).unwrap();
         let mut admin = client.get_multiplexed_async_connection().await.unwrap();
@@ -403,15 +384,12 @@ async fn a_panicking_handler_releases_the_key_so_the_retry_runs() {
     let http = reqwest::Client::new();
     let send = || http.post(&url).header("idempotency-key", "job-1").send();
     assert_eq!(send().await.unwrap().status(), 500);
-    // The release runs as the panic unwinds; retry until it has landed.
-    let mut status = 0;
-    for _ in 0..50 {
-        status = send().await.unwrap().status().as_u16();
-        if status != 409 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The release runs as the panic unwinds; a client retrying gets 409 until it has landed.
+    let status = chassis::testing::eventually("the key to be released", async || {
+        let status = send().await.unwrap().status().as_u16();
+        (status != 409).then_some(status)
+    })
+    .await;
     assert_eq!(status, 201, "the retry ran the handler again");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     assert_eq!(send().await.unwrap().status(), 201, "and is replayed from now on");

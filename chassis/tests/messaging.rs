@@ -10,6 +10,7 @@ use chassis::messaging::{
     AmqpTransport, Bus, Event, Incoming, Kind, MemoryTransport, Message, MessagingConfig, NatsTransport, RawMessage,
     Transport,
 };
+use chassis::testing::{backend, backend_url, eventually};
 use futures_util::StreamExt as _;
 use opentelemetry::trace::TraceContextExt as _;
 use tokio_util::sync::CancellationToken;
@@ -39,22 +40,15 @@ fn config(namespace: &str) -> MessagingConfig {
 /// Reads the dead letters of a group: (reason, body).
 type DeadLetters = Box<dyn Fn(String) -> futures_util::future::BoxFuture<'static, Vec<(String, String)>> + Send + Sync>;
 
+/// Published after the messages under test, to know they have all been delivered.
+const MARKER: u32 = u32::MAX;
+
 struct Harness {
     /// The NATS namespace whose streams the test deletes at the end.
     cleanup: Option<(NatsTransport, String)>,
     bus: Bus,
     transport: Arc<dyn Transport>,
     dead_letters: DeadLetters,
-}
-
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..200 {
-        if let Some(value) = check() {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 async fn conformance(harness: Harness) {
@@ -88,13 +82,16 @@ async fn conformance(harness: Harness) {
     for order in 0..5 {
         bus.publish(&OrderPlaced { order }).await.unwrap();
     }
-    eventually("fan-out to three groups", || {
+    // A marker published after the five arrives after them: once every group has it, a
+    // duplicate of the five would have been delivered already.
+    bus.publish(&OrderPlaced { order: MARKER }).await.unwrap();
+    eventually("fan-out to three groups", async || {
         let seen = seen.lock().unwrap();
-        (seen.len() == 3 && seen.values().all(|v| v.len() >= 5)).then_some(())
+        (seen.len() == 3 && seen.values().all(|v| v.contains(&MARKER))).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     for (group, orders) in seen.lock().unwrap().iter() {
+        let orders: Vec<_> = orders.iter().filter(|o| **o != MARKER).collect();
         let unique: BTreeSet<_> = orders.iter().collect();
         assert_eq!(orders.len(), 5, "{group} got each event once: {orders:?}");
         assert_eq!(unique.len(), 5, "{group}");
@@ -111,16 +108,20 @@ async fn competing_and_failures(harness: Harness) {
     } = harness;
     let stop = CancellationToken::new();
 
-    // Two consumers in one group share the work; none is handled twice.
+    // Two consumers in one group share the work; none is handled twice. The first message's
+    // handler holds its consumer until another consumer has handled a message.
     let handled: Arc<Mutex<Vec<(u32, tokio::task::Id)>>> = Arc::default();
-    let h = handled.clone();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let (h, r) = (handled.clone(), release.clone());
     bus.subscribe(
         "workers",
         move |incoming: Incoming<OrderPlaced>| {
-            let h = h.clone();
+            let (h, r) = (h.clone(), r.clone());
             async move {
-                tokio::time::sleep(Duration::from_millis(10)).await;
                 h.lock().unwrap().push((incoming.message.order, tokio::task::id()));
+                if incoming.message.order == 100 {
+                    let _ = r.acquire().await;
+                }
                 Ok::<_, String>(())
             }
         },
@@ -131,14 +132,22 @@ async fn competing_and_failures(harness: Harness) {
     for order in 100..120 {
         bus.publish(&OrderPlaced { order }).await.unwrap();
     }
-    eventually("20 handled", || (handled.lock().unwrap().len() >= 20).then_some(())).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("a second consumer to take work while the first is busy", async || {
+        let handled = handled.lock().unwrap();
+        let consumers: BTreeSet<_> = handled.iter().map(|(_, t)| *t).collect();
+        (consumers.len() == 2).then_some(())
+    })
+    .await;
+    release.add_permits(1);
+    bus.publish(&OrderPlaced { order: MARKER }).await.unwrap();
+    eventually("every message and the marker", async || {
+        let handled = handled.lock().unwrap();
+        let orders: BTreeSet<_> = handled.iter().map(|(o, _)| *o).collect();
+        (orders.len() == 21).then_some(())
+    })
+    .await;
     let handled = handled.lock().unwrap().clone();
-    let orders: BTreeSet<_> = handled.iter().map(|(o, _)| *o).collect();
-    let consumers: BTreeSet<_> = handled.iter().map(|(_, t)| *t).collect();
-    assert_eq!(handled.len(), 20, "no message handled twice");
-    assert_eq!(orders.len(), 20);
-    assert_eq!(consumers.len(), 2, "both consumers took work");
+    assert_eq!(handled.len(), 21, "no message handled twice: {handled:?}");
     stop.cancel();
 
     // A handler failing twice then succeeding: handled, not dead-lettered; past the limit:
@@ -183,17 +192,11 @@ async fn competing_and_failures(harness: Harness) {
         )
         .await
         .unwrap();
-    let letters = {
-        let mut letters = Vec::new();
-        for _ in 0..100 {
-            letters = dead_letters("flaky".into()).await;
-            if letters.len() >= 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        letters
-    };
+    let letters = eventually("two dead letters", async || {
+        let letters = dead_letters("flaky".into()).await;
+        (letters.len() >= 2).then_some(letters)
+    })
+    .await;
     assert_eq!(letters.len(), 2, "{letters:?}");
     assert!(
         letters.iter().any(|(reason, body)| reason.contains("failed 3 times")
@@ -275,7 +278,7 @@ async fn redelivery_and_trace(harness: Harness) {
         use tracing::Instrument as _;
         bus.publish(&OrderPlaced { order: 8 }).instrument(span).await.unwrap();
     }
-    let ids = eventually("the traced message", || {
+    let ids = eventually("the traced message", async || {
         let ids = trace_ids.lock().unwrap().clone();
         (!ids.is_empty()).then_some(ids)
     })
@@ -305,16 +308,9 @@ fn memory() -> Harness {
 }
 
 async fn nats() -> Option<Harness> {
-    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let url = backend_url("NATS_URL", "nats://127.0.0.1:4222");
     let namespace = format!("t{}", uuid::Uuid::new_v4().simple());
-    let transport = match NatsTransport::connect(&url, &config(&namespace)).await {
-        Ok(transport) => transport,
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("NATS is required under CI=true: {e}"),
-        Err(e) => {
-            eprintln!("skipping: NATS unreachable ({e})");
-            return None;
-        }
-    };
+    let transport = backend("NATS", NatsTransport::connect(&url, &config(&namespace))).await?;
     let reader = transport.clone();
     let cleanup = Some((transport.clone(), namespace.clone()));
     let shared: Arc<dyn Transport> = Arc::new(transport);
@@ -413,16 +409,9 @@ async fn nats_redelivers_and_continues_the_trace() {
 }
 
 async fn amqp() -> Option<(Harness, String)> {
-    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let url = amqp_url();
     let namespace = format!("t{}", uuid::Uuid::new_v4().simple());
-    let transport = match AmqpTransport::connect(&url, &config(&namespace)).await {
-        Ok(transport) => transport,
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("RabbitMQ is required under CI=true: {e}"),
-        Err(e) => {
-            eprintln!("skipping: RabbitMQ unreachable ({e})");
-            return None;
-        }
-    };
+    let transport = backend("RabbitMQ", AmqpTransport::connect(&url, &config(&namespace))).await?;
     let queue_prefix = format!("{namespace}.dead-letters.");
     let reader_url = url.clone();
     let shared: Arc<dyn Transport> = Arc::new(transport);
@@ -463,8 +452,12 @@ async fn amqp() -> Option<(Harness, String)> {
     ))
 }
 
+fn amqp_url() -> String {
+    backend_url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
 async fn delete_amqp(namespace: String) {
-    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let url = amqp_url();
     let Ok(connection) = lapin::Connection::connect(&url, Default::default()).await else {
         return;
     };
@@ -577,15 +570,11 @@ async fn survives_a_dropped_connection(bus: Bus, cut: impl AsyncFnOnce()) {
         }
     }
     assert!(confirmed.len() > 10, "publishing works again after the recovery");
-    let mut missing = confirmed.clone();
-    for _ in 0..200 {
-        missing = confirmed.difference(&seen.lock().unwrap()).copied().collect();
-        if missing.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(missing.is_empty(), "confirmed but never consumed: {missing:?}");
+    eventually("every confirmed message to be consumed", async || {
+        let missing: Vec<_> = confirmed.difference(&seen.lock().unwrap()).copied().collect();
+        missing.is_empty().then_some(())
+    })
+    .await;
     stop.cancel();
 }
 
@@ -620,12 +609,15 @@ async fn nats_recovers_after_the_connection_drops_and_loses_nothing() {
 #[tokio::test]
 async fn subscriptions_from_the_context_drain_at_shutdown() {
     let handled = Arc::new(AtomicU32::new(0));
-    let h = handled.clone();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (h, s, g) = (handled.clone(), started.clone(), gate.clone());
     let service = chassis::testing::spawn(move |ctx: chassis::Context<()>| async move {
         ctx.subscribe("slow", move |_: Incoming<OrderPlaced>| {
-            let h = h.clone();
+            let (h, s, g) = (h.clone(), s.clone(), g.clone());
             async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                s.notify_one();
+                let _ = g.acquire().await;
                 h.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, String>(())
             }
@@ -635,8 +627,11 @@ async fn subscriptions_from_the_context_drain_at_shutdown() {
         Ok(axum::Router::new())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(service.stop().await, chassis::runtime::Stopped::Drained);
+    // Shutdown begins while the message is in hand; the handler finishes only after that.
+    started.notified().await;
+    service.shutdown();
+    gate.add_permits(1);
+    assert_eq!(service.wait().await, chassis::runtime::Stopped::Drained);
     assert_eq!(
         handled.load(Ordering::SeqCst),
         1,

@@ -287,26 +287,16 @@ async fn shutdown_drains_in_flight_requests_fails_readiness_and_refuses_new_conn
     let health = service.health().clone();
     let stopping = tokio::spawn(service.stop());
     // Readiness fails as soon as shutdown begins, while the request is still running.
-    let mut readiness = 0;
-    for _ in 0..100 {
-        readiness = client().get(&admin).send().await.unwrap().status().as_u16();
-        if readiness == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(readiness, 503);
+    chassis::testing::eventually("readiness to fail", async || {
+        (client().get(&admin).send().await.unwrap().status() == 503).then_some(())
+    })
+    .await;
     assert_eq!(health.lifecycle(), chassis::health::Lifecycle::Draining);
     // The listener is closed: new connections are refused.
-    let mut refused = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(http_addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(refused, "the main listener still accepts during shutdown");
+    chassis::testing::eventually("the main listener to close", async || {
+        tokio::net::TcpStream::connect(http_addr).await.is_err().then_some(())
+    })
+    .await;
     assert!(!stopping.is_finished(), "shutdown waits for the in-flight request");
 
     release_tx.send(()).unwrap();
@@ -346,7 +336,7 @@ async fn background_tasks_see_the_shutdown_token_and_are_awaited() {
         ctx.spawn(async move {
             token.cancelled().await;
             // Finishing work after the signal is what the grace period is for.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::task::yield_now().await;
             done_tx.send(()).unwrap();
         });
         Ok(Router::new())

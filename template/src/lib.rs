@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chassis::health::{Check, CheckResult};
 {%- if messaging != "none" %}
 use chassis::http::Problem;
 {%- endif %}
@@ -140,20 +139,26 @@ async fn downstream(State(state): State<AppState>) -> impl IntoResponse {
 }
 {%- endif %}
 
-async fn idempotency_store(settings: &Settings) -> chassis::Result<Arc<dyn IdempotencyStore>> {
+/// The store of idempotency keys{% if idempotency_store != "memory" %}, its readiness check registered{% endif %}.
 {%- if idempotency_store == "redis" %}
-    let url = &settings.redis_url;
+async fn idempotency_store(ctx: &chassis::Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
+    let url = &ctx.settings().redis_url;
     let store = chassis::idempotency::RedisStore::connect(url, env!("CARGO_PKG_NAME")).await?;
+    ctx.health().register(store.health_check());
     Ok(Arc::new(store))
-{%- elsif idempotency_store == "postgres" %}
-    let store = chassis::idempotency::PostgresStore::connect(&settings.database_url).await?;
-    store.migrate().await?;
-    Ok(Arc::new(store))
-{%- else %}
-    let _ = settings;
-    Ok(Arc::new(chassis::idempotency::MemoryStore::default()))
-{%- endif %}
 }
+{%- elsif idempotency_store == "postgres" %}
+async fn idempotency_store(ctx: &chassis::Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
+    let store = chassis::idempotency::PostgresStore::connect(&ctx.settings().database_url).await?;
+    store.migrate().await?;
+    ctx.health().register(store.health_check());
+    Ok(Arc::new(store))
+}
+{%- else %}
+async fn idempotency_store(_: &chassis::Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
+    Ok(Arc::new(chassis::idempotency::MemoryStore::default()))
+}
+{%- endif %}
 
 /// Builds the service: registers its health checks and subscriptions, returns its routes.
 pub async fn init(ctx: chassis::Context<Settings>) -> chassis::Result<Router> {
@@ -169,11 +174,6 @@ pub async fn init(ctx: chassis::Context<Settings>) -> chassis::Result<Router> {
 {%- endif %}
     };
 
-    let orders = state.orders.clone();
-    ctx.health().register(Check::new("orders:placed", move || {
-        let placed = orders.load(Ordering::Relaxed);
-        async move { CheckResult::pass().with_observed_value(placed, "orders") }
-    }));
 {%- if messaging != "none" %}
 
     // Every group subscribed to OrderPlaced gets each one; this is the service's own audit log.
@@ -184,7 +184,7 @@ pub async fn init(ctx: chassis::Context<Settings>) -> chassis::Result<Router> {
     .await?;
 {%- endif %}
 
-    let store = idempotency_store(&settings).await?;
+    let store = idempotency_store(&ctx).await?;
     let idempotency = IdempotencyLayer::new(store, IdempotencyConfig::default())?;
     let routes = Router::new()
         .route("/hello/{name}", get(hello))

@@ -52,6 +52,12 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// A readiness check of the database behind the store, `postgres:connections` (a `SELECT 1`
+    /// round trip): register it with the service's health registry.
+    pub fn health_check(&self) -> crate::health::Check {
+        crate::storage::postgres::health_check(self.pool.clone())
+    }
+
     /// Creates the tables if they do not exist ([`MIGRATION`]).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::raw_sql(MIGRATION).execute(&self.pool).await.map_err(error)?;

@@ -68,6 +68,12 @@ fn error(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedisStore {
+    /// A readiness check of Redis behind the store, `redis:ping`: register it with the
+    /// service's health registry.
+    pub fn health_check(&self) -> crate::health::Check {
+        crate::storage::redis::health_check(self.connection.clone())
+    }
+
     /// Connects to `url`; keys are stored as `{namespace}:idempotency:{key}`.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| error(format!("invalid URL {url:?}: {e}")))?;

@@ -40,6 +40,12 @@ impl PostgresSagaStore {
         Self { pool }
     }
 
+    /// A readiness check of the database behind the store, `postgres:connections` (a `SELECT 1`
+    /// round trip): register it with the service's health registry.
+    pub fn health_check(&self) -> crate::health::Check {
+        crate::storage::postgres::health_check(self.pool.clone())
+    }
+
     /// Creates the table if it does not exist ([`SAGA_MIGRATION`]).
     pub async fn migrate(&self) -> Result<(), SagaError> {
         sqlx::raw_sql(SAGA_MIGRATION).execute(&self.pool).await.map_err(error)?;

@@ -1,5 +1,6 @@
-//! Helpers for service authors' tests (feature `testing`): start a service on free loopback
-//! ports, and capture the spans it exports with an in-process OTLP receiver.
+//! Helpers for tests of services and of the chassis itself (feature `testing`): start a service
+//! on free loopback ports, decide whether a test's backend is required, wait for something to
+//! happen, and capture exported spans with an in-process OTLP receiver.
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
@@ -15,6 +16,7 @@
 //! # }
 //! ```
 
+mod backend;
 mod otlp;
 
 use std::future::Future;
@@ -22,6 +24,7 @@ use std::future::Future;
 use axum::Router;
 use serde::de::DeserializeOwned;
 
+pub use backend::{backend, backend_url, backends_required, eventually};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 
 use crate::runtime::{Context, Options, RunningService};

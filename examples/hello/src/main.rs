@@ -1,4 +1,5 @@
-//! The smallest chassis service: one route, one setting, one health check.
+//! The smallest chassis service: one route, one setting, and a readiness check for the one
+//! dependency it can be given.
 //!
 //! ```text
 //! cargo run -p hello
@@ -6,15 +7,15 @@
 //! curl localhost:9090/health/ready         # application/health+json
 //! curl localhost:9090/metrics              # Prometheus text
 //! APP__GREETING=Howdy cargo run -p hello   # settings come from config/ and APP__* variables
+//! APP__UPSTREAM=127.0.0.1:6379 cargo run -p hello   # readiness fails while that is unreachable
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use chassis::health::{Check, CheckResult};
+use chassis::health::checks;
 use serde::{Deserialize, Serialize};
 
 /// The service's own settings: everything outside the chassis' sections.
@@ -22,12 +23,16 @@ use serde::{Deserialize, Serialize};
 #[serde(default)]
 struct Settings {
     greeting: String,
+    /// `host:port` of a server this service depends on; readiness checks that it accepts
+    /// connections. None by default: hello depends on nothing.
+    upstream: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             greeting: "Hello".into(),
+            upstream: None,
         }
     }
 }
@@ -35,7 +40,6 @@ impl Default for Settings {
 #[derive(Clone)]
 struct AppState {
     greeting: Arc<str>,
-    served: Arc<AtomicU64>,
 }
 
 #[derive(Serialize)]
@@ -44,7 +48,6 @@ struct Greeting {
 }
 
 async fn hello(State(state): State<AppState>, Path(name): Path<String>) -> Json<Greeting> {
-    state.served.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%name, "greeting");
     Json(Greeting {
         message: format!("{}, {name}!", state.greeting),
@@ -55,12 +58,10 @@ async fn hello(State(state): State<AppState>, Path(name): Path<String>) -> Json<
 async fn main(ctx: chassis::Context<Settings>) -> chassis::Result<Router> {
     let state = AppState {
         greeting: ctx.settings().greeting.as_str().into(),
-        served: Arc::default(),
     };
-    let served = state.served.clone();
-    ctx.health().register(Check::new("greetings:served", move || {
-        let served = served.load(Ordering::Relaxed);
-        async move { CheckResult::pass().with_observed_value(served, "greetings") }
-    }));
+    if let Some(upstream) = &ctx.settings().upstream {
+        ctx.health()
+            .register(checks::tcp("upstream:connect", upstream.as_str()));
+    }
     Ok(Router::new().route("/hello/{name}", get(hello)).with_state(state))
 }

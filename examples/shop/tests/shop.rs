@@ -3,17 +3,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chassis::testing::{backend, backend_url};
 use serde_json::{Value, json};
 use shop::{Backend, Setup, System};
 
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..300 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
+/// Waits until `check` holds.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    chassis::testing::eventually(what, async || check().await.then_some(())).await;
 }
 
 fn token(secret: &str, sub: &str, expires_in: i64) -> String {
@@ -66,7 +62,7 @@ impl Shop {
         assert_eq!(started.status(), 202);
         let location = started.headers()["location"].to_str().unwrap().to_owned();
         let mut finished = Value::Null;
-        eventually("the checkout saga to finish", async || {
+        until("the checkout saga to finish", async || {
             finished = self.json(&location).await;
             !matches!(finished["status"].as_str(), Some("running" | "compensating"))
         })
@@ -130,7 +126,7 @@ async fn scenario(setup: Setup) {
     let id = first["id"].as_u64().unwrap();
 
     // Fan-out and choreography: stock reserved and payment captured confirm the order.
-    eventually("the order to be confirmed", async || {
+    until("the order to be confirmed", async || {
         shop.json(&format!("/orders/{id}")).await["status"] == "confirmed"
     })
     .await;
@@ -143,7 +139,7 @@ async fn scenario(setup: Setup) {
     let too_many = json!({ "item": "pen", "quantity": 500, "amount_cents": 99 });
     let rejected: Value = shop.post("/orders", "order-2", too_many).await.json().await.unwrap();
     let rejected = rejected["id"].as_u64().unwrap();
-    eventually("the order to be cancelled and refunded", async || {
+    until("the order to be cancelled and refunded", async || {
         let order = shop.json(&format!("/orders/{rejected}")).await;
         order["status"] == "cancelled" && order["refunded"] == true
     })
@@ -159,7 +155,7 @@ async fn scenario(setup: Setup) {
     assert_eq!(payment["status"], "captured");
 
     let notifications = shop.system.notifications.http_addr();
-    eventually("every notification", async || {
+    until("every notification", async || {
         let sent: Vec<String> = http
             .get(format!("http://{notifications}/notifications"))
             .send()
@@ -249,11 +245,9 @@ async fn the_shop_on_the_in_memory_bus() {
     scenario(fast(Backend::Memory)).await;
 }
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-async fn reachable(url: &str, default_port: u16) -> bool {
+/// Connects to the server `url` names (`default_port` when it names none), as the test's check
+/// that the backend is there.
+async fn reachable(url: &str, default_port: u16) -> std::io::Result<tokio::net::TcpStream> {
     let authority = url
         .split("://")
         .nth(1)
@@ -267,19 +261,16 @@ async fn reachable(url: &str, default_port: u16) -> bool {
     } else {
         format!("{host_port}:{default_port}")
     };
-    tokio::net::TcpStream::connect(address).await.is_ok()
+    tokio::net::TcpStream::connect(address).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shop_on_rabbitmq_and_postgresql() {
-    let amqp = env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-    let postgres = env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
-    if !(reachable(&amqp, 5672).await && reachable(&postgres, 5432).await) {
-        assert!(
-            std::env::var("CI").is_err(),
-            "RabbitMQ ({amqp}) and PostgreSQL ({postgres}) are required under CI"
-        );
-        eprintln!("skipping: RabbitMQ or PostgreSQL unreachable; CI=true makes this a failure");
+    let amqp = backend_url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let postgres = backend_url("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
+    if backend("RabbitMQ", reachable(&amqp, 5672)).await.is_none()
+        || backend("PostgreSQL", reachable(&postgres, 5432)).await.is_none()
+    {
         return;
     }
     scenario(fast(Backend::Broker {
@@ -294,14 +285,11 @@ async fn the_shop_on_rabbitmq_and_postgresql() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shop_on_nats_and_postgresql() {
-    let nats = env_or("NATS_URL", "nats://127.0.0.1:4222");
-    let postgres = env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
-    if !(reachable(&nats, 4222).await && reachable(&postgres, 5432).await) {
-        assert!(
-            std::env::var("CI").is_err(),
-            "NATS ({nats}) and PostgreSQL ({postgres}) are required under CI"
-        );
-        eprintln!("skipping: NATS or PostgreSQL unreachable; CI=true makes this a failure");
+    let nats = backend_url("NATS_URL", "nats://127.0.0.1:4222");
+    let postgres = backend_url("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
+    if backend("NATS", reachable(&nats, 4222)).await.is_none()
+        || backend("PostgreSQL", reachable(&postgres, 5432)).await.is_none()
+    {
         return;
     }
     scenario(fast(Backend::Broker {

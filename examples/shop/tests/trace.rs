@@ -2,7 +2,6 @@
 //! at an OTLP receiver. (Its own test binary: telemetry is installed once per process.)
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use chassis::testing::{OtlpReceiver, ReceivedSpan};
 use serde_json::{Value, json};
@@ -65,8 +64,9 @@ async fn a_trace_from_the_gateway_reaches_every_service_the_order_touched() {
     assert_eq!(started.status(), 202);
     let started: Value = started.json().await.unwrap();
 
-    // Wait until both flows have finished, then stop: stopping flushes the exporter.
-    for _ in 0..200 {
+    // Both flows finish; stopping flushes the exporter. A span that ends after the flush comes
+    // with the next batch, so the spans are read once every one the test expects is in.
+    chassis::testing::eventually("both flows to finish", async || {
         let order: Value = http
             .get(format!("{gateway}/orders/{}", placed["id"]))
             .header("x-api-key", "demo-key")
@@ -85,17 +85,22 @@ async fn a_trace_from_the_gateway_reaches_every_service_the_order_touched() {
             .json()
             .await
             .unwrap();
-        if order["status"] == "confirmed" && checkout["status"] == "completed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+        (order["status"] == "confirmed" && checkout["status"] == "completed").then_some(())
+    })
+    .await;
     system.stop().await;
-    receiver
-        .wait_for(|s| s.trace_id == checkout_trace && s.name == "process shop.notification.send")
-        .await;
-    let all = receiver.spans();
+    let all = chassis::testing::eventually("every expected span", async || {
+        let all = receiver.spans();
+        let order_spans = in_trace(&all, order_trace);
+        let checkout_spans = in_trace(&all, checkout_trace);
+        let complete = consumers(&order_spans, "shop.order.placed").len() == 3
+            && consumers(&order_spans, "shop.stock.reserved").contains("orders")
+            && consumers(&order_spans, "shop.payment.captured").contains("orders")
+            && !consumers(&checkout_spans, "shop.notification.send").is_empty()
+            && checkout_spans.iter().any(|s| s.name == "saga checkout");
+        complete.then_some(all)
+    })
+    .await;
 
     let order_spans = in_trace(&all, order_trace);
     assert_eq!(

@@ -1,0 +1,84 @@
+//! Real backends in tests: which URL, whether an unreachable one fails the test, and waiting
+//! for what they do.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Duration;
+
+/// `true` when the environment variable `CI` is `true` or `1`: a backend a test needs must then
+/// be reachable, and an unreachable one fails the test instead of skipping it.
+///
+/// ```
+/// // CI servers set CI=true; on a developer's machine it is usually unset.
+/// let _ = chassis::testing::backends_required();
+/// ```
+pub fn backends_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// The URL of a backend: the environment variable `var` when set, `default` (the local server)
+/// otherwise.
+///
+/// ```
+/// let url = chassis::testing::backend_url("CHASSIS_DOC_EXAMPLE_URL", "redis://127.0.0.1:6379");
+/// assert_eq!(url, "redis://127.0.0.1:6379");
+/// ```
+pub fn backend_url(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Connects to a backend a test needs: `Some` when `connect` succeeds; when it fails, a panic
+/// naming `name` and the error if [`backends_required`], else a note on stderr and `None`, so the
+/// test can skip.
+///
+/// ```no_run
+/// # async fn demo() {
+/// use chassis::idempotency::RedisStore;
+/// use chassis::testing::{backend, backend_url};
+///
+/// let url = backend_url("REDIS_URL", "redis://127.0.0.1:6379");
+/// let Some(store) = backend("Redis", RedisStore::connect(&url, "tests")).await else {
+///     return;
+/// };
+/// # let _ = store;
+/// # }
+/// ```
+pub async fn backend<T, E: Display>(name: &str, connect: impl Future<Output = Result<T, E>>) -> Option<T> {
+    match connect.await {
+        Ok(connected) => Some(connected),
+        Err(error) if backends_required() => panic!("{name} is required when CI=true, and it is unreachable: {error}"),
+        Err(error) => {
+            eprintln!("skipping: {name} is unreachable ({error}); with CI=true this test fails instead");
+            None
+        }
+    }
+}
+
+/// Waits until `check` returns `Some`, checking every 10 ms, and returns its value; panics
+/// naming `what` after 20 s. For waiting on something another task or process does; the
+/// deadline only decides when the code under test is broken.
+///
+/// ```
+/// # async fn demo() {
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+///
+/// let done = Arc::new(AtomicBool::new(false));
+/// let flag = done.clone();
+/// tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+/// chassis::testing::eventually("the task to run", async || done.load(Ordering::SeqCst).then_some(())).await;
+/// # }
+/// ```
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
