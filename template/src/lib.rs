@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chassis::Context;
 {%- if messaging != "none" %}
 use chassis::http::Problem;
 {%- endif %}
@@ -141,27 +142,27 @@ async fn downstream(State(state): State<AppState>) -> impl IntoResponse {
 
 /// The store of idempotency keys{% if idempotency_store != "memory" %}, its readiness check registered{% endif %}.
 {%- if idempotency_store == "redis" %}
-async fn idempotency_store(ctx: &chassis::Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
+async fn idempotency_store(ctx: &Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
     let url = &ctx.settings().redis_url;
     let store = chassis::idempotency::RedisStore::connect(url, env!("CARGO_PKG_NAME")).await?;
     ctx.health().register(store.health_check());
     Ok(Arc::new(store))
 }
 {%- elsif idempotency_store == "postgres" %}
-async fn idempotency_store(ctx: &chassis::Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
+async fn idempotency_store(ctx: &Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
     let store = chassis::idempotency::PostgresStore::connect(&ctx.settings().database_url).await?;
     store.migrate().await?;
     ctx.health().register(store.health_check());
     Ok(Arc::new(store))
 }
 {%- else %}
-async fn idempotency_store(_: &chassis::Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
+async fn idempotency_store(_: &Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
     Ok(Arc::new(chassis::idempotency::MemoryStore::default()))
 }
 {%- endif %}
 
 /// Builds the service: registers its health checks and subscriptions, returns its routes.
-pub async fn init(ctx: chassis::Context<Settings>) -> chassis::Result<Router> {
+pub async fn init(ctx: Context<Settings>) -> chassis::Result<Router> {
     let settings = ctx.settings().clone();
     let state = AppState {
         greeting: settings.greeting.as_str().into(),
