@@ -11,34 +11,59 @@ use crate::BoxError;
 
 pin_project! {
     /// What a layer's response future does: poll the inner service's future (`Called`), or hand
-    /// out the answer the layer gave without calling it (`Answered`: a rejection, a replay).
+    /// out the answer the layer gave without calling it (`Answered`: a rejection, a panic).
     #[project = CallProj]
-    pub(crate) enum Call<F, O> {
+    pub(crate) enum Call<F, A> {
         Called { #[pin] future: F },
-        Answered { output: Option<O> },
+        Answered { answer: Option<A> },
     }
 }
 
-impl<F, O> Call<F, O> {
+/// What a layer answers without calling the inner service, made into the call's output when
+/// it is polled. Layers keep it small (an error, a panic's payload) rather than a whole
+/// response: it is part of every request's future, which the layers above move around.
+pub(crate) trait Answer<O> {
+    fn into_output(self) -> O;
+}
+
+/// An output given in full (a response the layer built).
+impl<O> Answer<O> for O {
+    #[inline(always)]
+    fn into_output(self) -> O {
+        self
+    }
+}
+
+/// A failing layer's rejection: the call fails with this error.
+pub(crate) struct Rejection(pub(crate) BoxError);
+
+impl<T> Answer<Result<T, BoxError>> for Rejection {
+    #[inline(always)]
+    fn into_output(self) -> Result<T, BoxError> {
+        Err(self.0)
+    }
+}
+
+impl<F, A> Call<F, A> {
     #[inline(always)]
     pub(crate) fn called(future: F) -> Self {
         Self::Called { future }
     }
 
     #[inline(always)]
-    pub(crate) fn answered(output: O) -> Self {
-        Self::Answered { output: Some(output) }
+    pub(crate) fn answered(answer: A) -> Self {
+        Self::Answered { answer: Some(answer) }
     }
 }
 
-impl<F: Future<Output = O>, O> Future for Call<F, O> {
-    type Output = O;
+impl<F: Future, A: Answer<F::Output>> Future for Call<F, A> {
+    type Output = F::Output;
 
     #[inline(always)]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         match self.project() {
             CallProj::Called { future } => future.poll(cx),
-            CallProj::Answered { output } => Poll::Ready(output.take().expect("polled after completion")),
+            CallProj::Answered { answer } => Poll::Ready(answer.take().expect("polled after completion").into_output()),
         }
     }
 }

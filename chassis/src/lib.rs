@@ -29,11 +29,12 @@ pub mod http;
 pub mod idempotency;
 pub mod messaging;
 pub mod metrics;
+pub mod outbox;
 mod problem;
 pub mod resilience;
 pub mod runtime;
 pub mod saga;
-mod storage;
+pub mod storage;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -179,8 +179,10 @@ async fn competing_and_failures(harness: Harness) {
     .unwrap();
     bus.publish(&OrderPlaced { order: 1 }).await.unwrap();
     bus.publish(&OrderPlaced { order: 2 }).await.unwrap();
-    // An undecodable message goes to the dead letters at once.
-    let envelope = bus.publish(&OrderPlaced { order: 3 }).await.unwrap();
+    // An undecodable message (its own id, valid attributes, a body that is not JSON) goes to
+    // the dead letters at once.
+    let mut envelope = bus.publish(&OrderPlaced { order: 3 }).await.unwrap();
+    envelope.id = uuid::Uuid::now_v7().to_string();
     transport
         .publish(
             Kind::Event,

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::BoxError;
-use crate::future::{Call, ErrInto};
+use crate::future::{Call, ErrInto, Rejection};
 
 /// The request declared a body larger than the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -72,7 +72,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, S::Response>;
+    type Future = ResponseFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -87,10 +87,10 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let call = match declared {
-            Some(declared) if declared > self.limit => Call::answered(Err(Box::new(PayloadTooLarge {
+            Some(declared) if declared > self.limit => Call::answered(Rejection(Box::new(PayloadTooLarge {
                 declared,
                 limit: self.limit,
-            }) as BoxError)),
+            }))),
             _ => Call::called(ErrInto::new(self.inner.call(request))),
         };
         ResponseFuture { call }
@@ -99,13 +99,13 @@ where
 
 pin_project! {
     /// The response future of [`BodyLimit`].
-    pub struct ResponseFuture<F, T> {
+    pub struct ResponseFuture<F> {
         #[pin]
-        call: Call<ErrInto<F>, Result<T, BoxError>>,
+        call: Call<ErrInto<F>, Rejection>,
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F, T>
+impl<F, T, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,

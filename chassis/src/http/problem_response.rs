@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 
 use super::{PayloadTooLarge, Problem};
 use crate::BoxError;
-use crate::future::Call;
+use crate::future::{Answer, Call};
 use crate::resilience::{BulkheadFull, CircuitOpen, Elapsed};
 
 /// The problem details answering an error from a chassis layer: `503` for a timeout, a full
@@ -95,7 +95,7 @@ impl<S> Layer<S> for ProblemResponseLayer {
 pub struct ProblemResponse<S> {
     inner: S,
     /// The error the inner service's readiness failed with, answered to the next call.
-    unready: Option<Problem>,
+    unready: Option<BoxError>,
 }
 
 impl<S: Clone> Clone for ProblemResponse<S> {
@@ -119,7 +119,7 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Err(error) = ready!(self.inner.poll_ready(cx)) {
-            self.unready = Some(problem_for(&*error.into()));
+            self.unready = Some(error.into());
         }
         Poll::Ready(Ok(()))
     }
@@ -127,10 +127,10 @@ where
     #[inline(always)]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let call = match self.unready.take() {
-            None => Call::called(Answer {
+            None => Call::called(ErrorAsProblem {
                 future: self.inner.call(request),
             }),
-            Some(problem) => Call::answered(Ok(problem.into_response())),
+            Some(error) => Call::answered(Unready(error)),
         };
         ResponseFuture { call }
     }
@@ -140,7 +140,16 @@ pin_project! {
     /// The response future of [`ProblemResponse`].
     pub struct ResponseFuture<F> {
         #[pin]
-        call: Call<Answer<F>, Result<Response, Infallible>>,
+        call: Call<ErrorAsProblem<F>, Unready>,
+    }
+}
+
+/// The inner service's readiness error, answered with its problem.
+struct Unready(BoxError);
+
+impl Answer<Result<Response, Infallible>> for Unready {
+    fn into_output(self) -> Result<Response, Infallible> {
+        Ok(problem_for(&*self.0).into_response())
     }
 }
 
@@ -159,13 +168,13 @@ where
 
 pin_project! {
     /// The inner future, its error answered with [`problem_for`].
-    struct Answer<F> {
+    struct ErrorAsProblem<F> {
         #[pin]
         future: F,
     }
 }
 
-impl<F, E> Future for Answer<F>
+impl<F, E> Future for ErrorAsProblem<F>
 where
     F: Future<Output = Result<Response, E>>,
     E: Into<BoxError>,

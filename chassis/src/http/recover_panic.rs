@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 use tower_http::catch_panic::ResponseForPanic;
 
 use super::Problem;
-use crate::future::Call;
+use crate::future::{Answer, Call};
 
 /// Answers a panic in a handler with a 500 problem+json, and logs the panic message at ERROR
 /// inside the request's span. [`RecoverPanicLayer`] uses it; it also plugs into tower-http's
@@ -72,7 +72,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, S::Error>;
+    type Future = ResponseFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -83,7 +83,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let call = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.call(request))) {
             Ok(future) => Call::called(CatchUnwind { future }),
-            Err(panic) => Call::answered(Ok(PanicResponse.response_for_panic(panic))),
+            Err(panic) => Call::answered(Panicked(panic)),
         };
         ResponseFuture { call }
     }
@@ -91,13 +91,22 @@ where
 
 pin_project! {
     /// The response future of [`RecoverPanic`].
-    pub struct ResponseFuture<F, E> {
+    pub struct ResponseFuture<F> {
         #[pin]
-        call: Call<CatchUnwind<F>, Result<Response, E>>,
+        call: Call<CatchUnwind<F>, Panicked>,
     }
 }
 
-impl<F, E> Future for ResponseFuture<F, E>
+/// A panic in `call`: answered with the [`PanicResponse`] when the future is polled.
+struct Panicked(Box<dyn Any + Send + 'static>);
+
+impl<E> Answer<Result<Response, E>> for Panicked {
+    fn into_output(self) -> Result<Response, E> {
+        Ok(PanicResponse.response_for_panic(self.0))
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response, E>>,
 {

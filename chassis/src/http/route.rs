@@ -126,6 +126,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let extensions = request.extensions();
         if let (Some(slot), Some(path)) = (extensions.get::<MatchedRoute>(), extensions.get::<MatchedPath>()) {

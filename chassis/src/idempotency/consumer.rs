@@ -33,9 +33,14 @@ pub enum ConsumeError<E> {
 /// Runs a message handler at most once per message id, recording processed ids in an
 /// [`IdempotencyStore`] for `ttl` (default 7 days, as NServiceBus keeps its records).
 ///
-/// With PostgreSQL, record the id in the handler's own transaction instead
-/// ([`PostgresStore::record_message`](super::PostgresStore::record_message)) to make the effect
-/// exactly-once even if the process dies between the write and the acknowledgement.
+/// A delivery that finds its message claimed by another delivery still running waits for
+/// that claim to end (completed: a duplicate; released or expired: it runs) rather than
+/// failing, so the bus does not dead-letter a message because a slower copy of it holds the
+/// claim; the wait is bounded by the claim's lease (default 60 s).
+///
+/// The record and the handler's effect are separate writes: a process that dies after the
+/// effect and before the record runs the handler again on redelivery. With PostgreSQL, use
+/// the [`Inbox`](crate::messaging::Inbox) instead, which commits both in one transaction.
 ///
 /// ```
 /// # async fn demo() {
@@ -73,12 +78,13 @@ impl IdempotentConsumer {
         Self {
             store,
             consumer: consumer.into(),
-            lease: Duration::from_secs(300),
+            lease: Duration::from_secs(60),
             ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 
-    /// How long a delivery may hold the id while its handler runs. Default 5 minutes.
+    /// How long a delivery may hold the id while its handler runs. Default 60 s: a delivery
+    /// whose claim outlives it (its process died) stops blocking the message after that.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -101,16 +107,26 @@ impl IdempotentConsumer {
         Fut: Future<Output = Result<T, E>>,
     {
         let key = format!("message:{}:{message_id}", self.consumer);
-        let token = match self.store.begin(&key, "message", self.lease).await? {
-            Begin::Claimed { token } => token,
-            Begin::Completed(_) | Begin::Mismatch => {
-                self.count("duplicate");
-                tracing::info!(consumer = %self.consumer, message_id, "duplicate message skipped");
-                return Ok(Processed::Duplicate);
-            }
-            Begin::InFlight { .. } => {
-                self.count("in_flight");
-                return Err(ConsumeError::InFlight(message_id.to_owned()));
+        // Another delivery holds the claim: wait for it to end, at most until its lease does.
+        let give_up = tokio::time::Instant::now() + self.lease + Duration::from_secs(1);
+        let mut pause = Duration::from_millis(50);
+        let token = loop {
+            match self.store.begin(&key, "message", self.lease).await? {
+                Begin::Claimed { token } => break token,
+                Begin::Completed(_) | Begin::Mismatch => {
+                    self.count("duplicate");
+                    tracing::info!(consumer = %self.consumer, message_id, "duplicate message skipped");
+                    return Ok(Processed::Duplicate);
+                }
+                Begin::InFlight { lease_left } => {
+                    let now = tokio::time::Instant::now();
+                    if now >= give_up {
+                        self.count("in_flight");
+                        return Err(ConsumeError::InFlight(message_id.to_owned()));
+                    }
+                    tokio::time::sleep(pause.min(lease_left.max(Duration::from_millis(10))).min(give_up - now)).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
             }
         };
         match handler().await {

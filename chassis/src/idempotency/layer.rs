@@ -109,6 +109,9 @@ impl Validate for IdempotencyConfig {
 
 struct Shared {
     store: Arc<dyn IdempotencyStore>,
+    /// In transactional mode, the store whose database the handler's transaction is opened in.
+    #[cfg(feature = "postgres")]
+    transactional: Option<super::PostgresStore>,
     config: IdempotencyConfig,
     methods: Vec<Method>,
     header: HeaderName,
@@ -155,6 +158,46 @@ impl std::fmt::Debug for IdempotencyLayer {
 impl IdempotencyLayer {
     /// A layer keeping keys in `store`, or the problems with `config`.
     pub fn new(store: Arc<dyn IdempotencyStore>, config: IdempotencyConfig) -> Result<Self, ConfigError> {
+        Self::build(store, config, None)
+    }
+
+    /// A layer keeping keys in PostgreSQL whose handlers write their effect in the same
+    /// transaction as the stored response: a request either committed (its retry is replayed)
+    /// or left nothing behind (its retry runs it), whether it was cancelled, its process died,
+    /// or the database failed midway. Handlers take the transaction as an extractor,
+    /// [`Transaction`](crate::storage::Transaction); a 5xx answer (with
+    /// `release_on_server_error`) rolls it back.
+    ///
+    /// ```no_run
+    /// # async fn demo(ctx: chassis::Context<()>) -> chassis::Result<axum::Router> {
+    /// use axum::{Router, routing::post};
+    /// use chassis::idempotency::{IdempotencyLayer, PostgresStore};
+    /// use chassis::storage::Transaction;
+    ///
+    /// async fn pay(tx: Transaction) -> Result<&'static str, http::StatusCode> {
+    ///     let mut connection = tx.lock().await.map_err(|_| http::StatusCode::INTERNAL_SERVER_ERROR)?;
+    ///     sqlx::query("INSERT INTO payments DEFAULT VALUES")
+    ///         .execute(&mut *connection)
+    ///         .await
+    ///         .map_err(|_| http::StatusCode::SERVICE_UNAVAILABLE)?;
+    ///     Ok("paid")
+    /// }
+    ///
+    /// let store = PostgresStore::from_pool(ctx.postgres()?.clone());
+    /// let layer = IdempotencyLayer::transactional(store, Default::default())?;
+    /// Ok(Router::new().route("/payments", post(pay)).layer(layer))
+    /// # }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn transactional(store: super::PostgresStore, config: IdempotencyConfig) -> Result<Self, ConfigError> {
+        Self::build(Arc::new(store.clone()), config, Some(store))
+    }
+
+    fn build(
+        store: Arc<dyn IdempotencyStore>,
+        config: IdempotencyConfig,
+        #[cfg_attr(not(feature = "postgres"), allow(unused_variables))] transactional: Option<TransactionalStore>,
+    ) -> Result<Self, ConfigError> {
         crate::config::validate("idempotency", &config)?;
         let parse = |name: &str| HeaderName::try_from(name.to_ascii_lowercase()).expect("validated");
         Ok(Self {
@@ -172,11 +215,18 @@ impl IdempotencyLayer {
                     .filter_map(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok())
                     .collect(),
                 store,
+                #[cfg(feature = "postgres")]
+                transactional,
                 config,
             }),
         })
     }
 }
+
+#[cfg(feature = "postgres")]
+type TransactionalStore = super::PostgresStore;
+#[cfg(not(feature = "postgres"))]
+type TransactionalStore = std::convert::Infallible;
 
 impl<S> Layer<S> for IdempotencyLayer {
     type Service = Idempotency<S>;
@@ -248,6 +298,12 @@ struct ClaimGuard {
 }
 
 impl ClaimGuard {
+    /// The claim ended the way its owner meant (committed in the handler's transaction).
+    #[cfg(feature = "postgres")]
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+
     async fn release(mut self) {
         self.armed = false;
         if let Err(error) = self.store.release(&self.key, &self.token).await {
@@ -390,18 +446,7 @@ where
     let fingerprint = hex(&hasher.finalize());
 
     let token = match shared.store.begin(&store_key, &fingerprint, config.lease).await {
-        Err(error) => {
-            count("unavailable");
-            tracing::error!(%error, "idempotency store unavailable; refusing the request rather than risking a double execution");
-            return Ok(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "idempotency-store-unavailable",
-                "Idempotency store unavailable",
-            )
-            .with_detail("the request was not processed; retry it with the same Idempotency-Key")
-            .with_retry_after(Duration::from_secs(1))
-            .into_response());
-        }
+        Err(error) => return Ok(store_unavailable(&error)),
         Ok(Begin::Completed(stored)) => {
             count("replayed");
             tracing::info!(idempotency_key = %key, status = stored.status, "replaying the stored response");
@@ -439,6 +484,21 @@ where
         token,
         armed: true,
     };
+    #[cfg(feature = "postgres")]
+    if let Some(store) = &shared.transactional {
+        let mut parts = parts;
+        let transaction = match store.pool().begin().await {
+            Ok(transaction) => crate::storage::Transaction::new(transaction),
+            Err(error) => {
+                guard.release().await;
+                return Ok(store_unavailable(&error));
+            }
+        };
+        parts.extensions.insert(transaction.clone());
+        let response = inner.oneshot(Request::from_parts(parts, Body::from(body))).await?;
+        let transaction = transaction.finish().await;
+        return Ok(commit(&shared, store, guard, &key, transaction, response).await);
+    }
     let request = Request::from_parts(parts, Body::from(body));
     let response = inner.oneshot(request).await?;
     if response.status().is_server_error() && config.release_on_server_error {
@@ -449,20 +509,7 @@ where
     let limit = config.max_response_bytes.as_usize();
     let (collected, rest) = collect_up_to(body, limit).await;
     let Some(rest) = rest else {
-        let stored = StoredResponse {
-            status: parts.status.as_u16(),
-            headers: shared
-                .stored_headers
-                .iter()
-                .filter_map(|name| {
-                    parts
-                        .headers
-                        .get(name)
-                        .map(|v| (name.as_str().to_owned(), v.as_bytes().to_vec()))
-                })
-                .collect(),
-            body: collected.to_vec(),
-        };
+        let stored = stored(&shared, &parts, &collected);
         guard.complete(&stored, config.ttl).await;
         return Ok(Response::from_parts(parts, Body::from(collected)));
     };
@@ -475,6 +522,102 @@ where
     let stream =
         futures_util::stream::once(async move { Ok::<_, axum::Error>(collected) }).chain(rest.into_data_stream());
     Ok(Response::from_parts(parts, Body::from_stream(stream)))
+}
+
+/// The response as it is kept for replay.
+fn stored(shared: &Shared, parts: &http::response::Parts, body: &Bytes) -> StoredResponse {
+    StoredResponse {
+        status: parts.status.as_u16(),
+        headers: shared
+            .stored_headers
+            .iter()
+            .filter_map(|name| {
+                parts
+                    .headers
+                    .get(name)
+                    .map(|v| (name.as_str().to_owned(), v.as_bytes().to_vec()))
+            })
+            .collect(),
+        body: body.to_vec(),
+    }
+}
+
+fn store_unavailable(error: &dyn std::fmt::Display) -> Response {
+    count("unavailable");
+    tracing::error!(%error, "idempotency store unavailable; refusing the request rather than risking a double execution");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "idempotency-store-unavailable",
+        "Idempotency store unavailable",
+    )
+    .with_detail("the request was not processed; retry it with the same Idempotency-Key")
+    .with_retry_after(Duration::from_secs(1))
+    .into_response()
+}
+
+/// Finishes a transactional request: the stored response is written in the handler's
+/// transaction and both commit, or the transaction is rolled back and the key released.
+#[cfg(feature = "postgres")]
+async fn commit(
+    shared: &Shared,
+    store: &super::PostgresStore,
+    guard: ClaimGuard,
+    key: &str,
+    transaction: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    response: Response,
+) -> Response {
+    let config = &shared.config;
+    let Some(mut transaction) = transaction else {
+        // Not reachable: only this layer finishes the transaction it opened.
+        guard.release().await;
+        return Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error").into_response();
+    };
+    if response.status().is_server_error() && config.release_on_server_error {
+        let _ = transaction.rollback().await;
+        guard.release().await;
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let limit = config.max_response_bytes.as_usize();
+    let (collected, rest) = collect_up_to(body, limit).await;
+    if rest.is_some() {
+        // The effect cannot commit without a record a retry could replay.
+        let _ = transaction.rollback().await;
+        guard.release().await;
+        tracing::error!(
+            idempotency_key = %key,
+            limit,
+            "response larger than idempotency.max_response_bytes: rolled back, nothing was done"
+        );
+        return Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error").into_response();
+    }
+    let record = stored(shared, &parts, &collected);
+    let committed = async {
+        let current = store
+            .complete_in(&mut transaction, &guard.key, &guard.token, &record, config.ttl)
+            .await?;
+        if !current {
+            return Err(super::StoreError::new(
+                "postgres",
+                "the claim expired while the request ran (idempotency.lease); another request may hold the key now",
+            ));
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(|e| super::StoreError::new("postgres", e))
+    }
+    .await;
+    match committed {
+        Ok(()) => {
+            guard.disarm();
+            Response::from_parts(parts, Body::from(collected))
+        }
+        Err(error) => {
+            guard.release().await;
+            store_unavailable(&error)
+        }
+    }
 }
 
 use futures_util::StreamExt as _;

@@ -31,6 +31,12 @@ fn error(e: impl std::fmt::Display) -> StoreError {
     StoreError::new("postgres", e)
 }
 
+/// Marks a claim done with its response, if the claim is still the current one.
+const COMPLETE: &str = "UPDATE chassis_idempotency
+     SET state = 'done', status = $3, headers = $4, body = $5,
+         expires_at = now() + $6 * interval '1 millisecond'
+     WHERE key = $1 AND token = $2 AND state = 'in_flight' AND expires_at > now()";
+
 fn millis(duration: Duration) -> i64 {
     (duration.as_millis() as i64).max(1)
 }
@@ -62,6 +68,43 @@ impl PostgresStore {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::raw_sql(MIGRATION).execute(&self.pool).await.map_err(error)?;
         Ok(())
+    }
+
+    /// Deletes expired keys (claims past their lease, records past their TTL), a batch at a time.
+    pub(crate) async fn delete_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
+        crate::storage::postgres::delete_in_batches(
+            pool,
+            "DELETE FROM chassis_idempotency WHERE key IN (
+                 SELECT key FROM chassis_idempotency
+                 WHERE expires_at < now() - $1 * interval '1 millisecond' LIMIT 10000)",
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// Records the response of the claim `token` on `key` inside `connection`'s transaction;
+    /// `false` when the claim is no longer the current one (its lease ran out and another
+    /// request may have claimed the key), and the caller must roll back.
+    pub async fn complete_in(
+        &self,
+        connection: &mut PgConnection,
+        key: &str,
+        token: &str,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(COMPLETE)
+            .bind(key)
+            .bind(token)
+            .bind(i32::from(response.status))
+            .bind(response.encode_headers())
+            .bind(response.body.as_slice())
+            .bind(millis(ttl))
+            .execute(connection)
+            .await
+            .map_err(error)?
+            .rows_affected();
+        Ok(updated == 1)
     }
 
     /// Records that `consumer` processed `message_id`, inside the caller's transaction: `true`
@@ -160,21 +203,16 @@ impl IdempotencyStore for PostgresStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            sqlx::query(
-                "UPDATE chassis_idempotency
-                 SET state = 'done', status = $3, headers = $4, body = $5,
-                     expires_at = now() + $6 * interval '1 millisecond'
-                 WHERE key = $1 AND token = $2 AND state = 'in_flight' AND expires_at > now()",
-            )
-            .bind(key)
-            .bind(token)
-            .bind(i32::from(response.status))
-            .bind(response.encode_headers())
-            .bind(response.body.as_slice())
-            .bind(millis(ttl))
-            .execute(&self.pool)
-            .await
-            .map_err(error)?;
+            sqlx::query(COMPLETE)
+                .bind(key)
+                .bind(token)
+                .bind(i32::from(response.status))
+                .bind(response.encode_headers())
+                .bind(response.body.as_slice())
+                .bind(millis(ttl))
+                .execute(&self.pool)
+                .await
+                .map_err(error)?;
             Ok(())
         })
     }

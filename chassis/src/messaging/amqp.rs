@@ -2,15 +2,18 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use futures_util::StreamExt as _;
+use futures_util::future::BoxFuture;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use super::{Acker, Delivery, Kind, MessagingConfig, MessagingError, RawMessage, Subscription, Transport};
-use futures_util::future::BoxFuture;
+use super::consumer::REPLAY_GROUP;
+use super::{
+    Acker, DeadLetter, Delivery, Kind, MessagingConfig, MessagingError, Outgoing, RawMessage, Subscription, Transport,
+};
 
 /// How long a publish waits for a dropped connection to come back before failing.
 const RECOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -19,13 +22,19 @@ fn error(e: impl std::fmt::Display) -> MessagingError {
     MessagingError::transport("amqp", e)
 }
 
-/// RabbitMQ (AMQP 0.9.1): a durable topic exchange `{ns}.events` with a durable queue per group
-/// and event type (`{ns}.{group}.{type}`), a direct exchange `{ns}.commands` with a durable queue
-/// per command type, a direct exchange `{ns}.dead-letters` with a queue per group, persistent
-/// messages, publisher confirms, manual acknowledgements and a prefetch of one per consumer.
-/// Unacknowledged messages of a consumer that goes away are requeued by the broker. After the
-/// broker drops the connection, lapin's auto-recovery reopens it with its channels and
-/// consumers; an interrupted publish is sent again once it is back.
+/// RabbitMQ (AMQP 0.9.1): a durable topic exchange `{ns}.events` with a quorum queue per group
+/// and event type (`{ns}.{group}.{type}`), a direct exchange `{ns}.commands` with a quorum
+/// queue per command type, a direct exchange `{ns}.dead-letters` with a queue per group,
+/// persistent messages, publisher confirms, manual acknowledgements and a prefetch of one per
+/// consumer. Unacknowledged messages of a consumer that goes away are requeued by the broker,
+/// which counts the deliveries (`x-delivery-count`): past `messaging.max_deliveries` the
+/// chassis dead-letters the message, and the queue's own `x-delivery-limit`, one higher, sends
+/// it to the dead letters should even that delivery never be acknowledged. After the broker
+/// drops the connection, lapin's auto-recovery reopens it with its channels and consumers; an
+/// interrupted publish is sent again once it is back.
+///
+/// Quorum queues need RabbitMQ 3.8 or later; a classic queue of the same name left by an older
+/// version of the chassis must be deleted (or another `messaging.namespace` used).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), chassis::messaging::MessagingError> {
@@ -36,6 +45,7 @@ pub struct AmqpTransport {
     connection: Connection,
     publisher: Channel,
     namespace: String,
+    max_deliveries: u32,
     declared: Mutex<HashSet<String>>,
 }
 
@@ -87,6 +97,7 @@ impl AmqpTransport {
             connection,
             publisher,
             namespace,
+            max_deliveries: config.max_deliveries,
             declared: Mutex::new(HashSet::new()),
         })
     }
@@ -103,6 +114,31 @@ impl AmqpTransport {
         format!("{}.dead-letters.{group}", self.namespace)
     }
 
+    /// The queue `group` consumes messages of `kind` and `message_type` from.
+    fn queue(&self, kind: Kind, message_type: &str, group: &str) -> String {
+        match kind {
+            Kind::Event => format!("{}.{group}.{message_type}", self.namespace),
+            Kind::Command => format!("{}.command.{message_type}", self.namespace),
+        }
+    }
+
+    /// The arguments of a consumed queue: a quorum queue counting deliveries, whose delivery
+    /// limit (one past the chassis' own) dead-letters into the group's dead letters.
+    fn consumed_queue_arguments(&self, group: &str) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(self.max_deliveries) + 1),
+        );
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(format!("{}.dead-letters", self.namespace).into()),
+        );
+        arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(group.into()));
+        arguments
+    }
+
     /// Declares a durable queue bound to `exchange` with `key`, once per process.
     async fn declare_bound(
         &self,
@@ -110,6 +146,7 @@ impl AmqpTransport {
         queue: &str,
         exchange: &str,
         key: &str,
+        arguments: FieldTable,
     ) -> Result<(), MessagingError> {
         if self.declared.lock().unwrap_or_else(|e| e.into_inner()).contains(queue) {
             return Ok(());
@@ -121,7 +158,7 @@ impl AmqpTransport {
                     durable: true,
                     ..Default::default()
                 },
-                FieldTable::default(),
+                arguments,
             )
             .await
             .map_err(|e| error(format!("cannot declare queue {queue}: {e}")))?;
@@ -142,27 +179,8 @@ impl AmqpTransport {
         Ok(())
     }
 
-    async fn publish_confirmed(
-        &self,
-        exchange: &str,
-        key: &str,
-        message: &RawMessage,
-        extra: &[(&str, &str)],
-    ) -> Result<(), MessagingError> {
-        let mut headers = FieldTable::default();
-        for (name, value) in message
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain(extra.iter().copied())
-        {
-            headers.insert(ShortString::from(name), AMQPValue::LongString(LongString::from(value)));
-        }
-        let properties = BasicProperties::default()
-            .with_headers(headers)
-            .with_content_type("application/json".into())
-            // Persistent: survives a broker restart.
-            .with_delivery_mode(2);
+    async fn publish_confirmed(&self, exchange: &str, key: &str, message: &RawMessage) -> Result<(), MessagingError> {
+        let properties = properties(&message.headers);
         // A publish interrupted by a dropped connection is sent again once the connection is
         // back: the caller only hears success after a confirmation (at least once, never lost).
         let deadline = tokio::time::Instant::now() + RECOVERY_WAIT;
@@ -200,6 +218,57 @@ impl AmqpTransport {
                 }
             }
         }
+    }
+}
+
+/// Persistent (it survives a broker restart) JSON with the message's headers.
+fn properties(headers: &[(String, String)]) -> BasicProperties {
+    let mut table = FieldTable::default();
+    for (name, value) in headers {
+        table.insert(
+            ShortString::from(name.as_str()),
+            AMQPValue::LongString(LongString::from(value.as_str())),
+        );
+    }
+    BasicProperties::default()
+        .with_headers(table)
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}
+
+fn headers_of(properties: &BasicProperties) -> Vec<(String, String)> {
+    properties
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), header_text(v)?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How many times the broker delivered the message: one more than a quorum queue's
+/// `x-delivery-count`, or at least two when it only says it was delivered before.
+fn delivery_count(properties: &BasicProperties, redelivered: bool) -> u32 {
+    let counted = properties
+        .headers()
+        .as_ref()
+        .and_then(|table| table.inner().get("x-delivery-count").cloned())
+        .and_then(|value| match value {
+            AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
+            AMQPValue::LongInt(n) => u32::try_from(n).ok(),
+            AMQPValue::LongUInt(n) => Some(n),
+            AMQPValue::ShortInt(n) => u32::try_from(n).ok(),
+            AMQPValue::ShortUInt(n) => Some(u32::from(n)),
+            _ => None,
+        });
+    match counted {
+        Some(previous) => previous.saturating_add(1),
+        None if redelivered => 2,
+        None => 1,
     }
 }
 
@@ -246,24 +315,11 @@ impl Subscription for AmqpSubscription {
                     }
                 }
             };
-            let headers = delivery
-                .properties
-                .headers()
-                .as_ref()
-                .map(|table| {
-                    table
-                        .inner()
-                        .iter()
-                        .filter_map(|(k, v)| Some((k.to_string(), header_text(v)?)))
-                        .collect()
-                })
-                .unwrap_or_default();
             let raw = RawMessage {
-                headers,
+                headers: headers_of(&delivery.properties),
                 body: delivery.data.clone().into(),
             };
-            // AMQP 0.9.1 only says whether a message was delivered before.
-            let delivered = if delivery.redelivered { 2 } else { 1 };
+            let delivered = delivery_count(&delivery.properties, delivery.redelivered);
             Some(Ok(Delivery::new(
                 raw,
                 delivered,
@@ -275,7 +331,7 @@ impl Subscription for AmqpSubscription {
 
 impl Transport for AmqpTransport {
     fn name(&self) -> &'static str {
-        "amqp"
+        "rabbitmq"
     }
 
     fn publish<'a>(
@@ -285,13 +341,8 @@ impl Transport for AmqpTransport {
         message: RawMessage,
     ) -> BoxFuture<'a, Result<(), MessagingError>> {
         Box::pin(async move {
-            if kind == Kind::Command {
-                // Commands wait for their handler: the queue exists before the first send.
-                let queue = format!("{}.command.{message_type}", self.namespace);
-                self.declare_bound(&self.publisher, &queue, &self.exchange(kind), message_type)
-                    .await?;
-            }
-            self.publish_confirmed(&self.exchange(kind), message_type, &message, &[])
+            self.declare_command_queue(kind, message_type).await?;
+            self.publish_confirmed(&self.exchange(kind), message_type, &message)
                 .await
         })
     }
@@ -305,11 +356,9 @@ impl Transport for AmqpTransport {
         Box::pin(async move {
             let channel = self.connection.create_channel().await.map_err(error)?;
             channel.basic_qos(1, BasicQosOptions::default()).await.map_err(error)?;
-            let queue = match kind {
-                Kind::Event => format!("{}.{group}.{message_type}", self.namespace),
-                Kind::Command => format!("{}.command.{message_type}", self.namespace),
-            };
-            self.declare_bound(&channel, &queue, &self.exchange(kind), message_type)
+            let queue = self.queue(kind, message_type, group);
+            let arguments = self.consumed_queue_arguments(group);
+            self.declare_bound(&channel, &queue, &self.exchange(kind), message_type, arguments)
                 .await?;
             let consumer = channel
                 .basic_consume(
@@ -324,30 +373,188 @@ impl Transport for AmqpTransport {
         })
     }
 
-    fn dead_letter<'a>(
+    fn publish_batch<'a>(&'a self, messages: &'a [Outgoing]) -> BoxFuture<'a, (usize, Option<MessagingError>)> {
+        Box::pin(async move {
+            // Every publish goes out on the one channel before any confirmation is awaited:
+            // they reach their queues in this order.
+            let mut confirms = Vec::with_capacity(messages.len());
+            let mut failure = None;
+            for outgoing in messages {
+                if let Err(e) = self.declare_command_queue(outgoing.kind, &outgoing.message_type).await {
+                    failure = Some(e);
+                    break;
+                }
+                let published = self
+                    .publisher
+                    .basic_publish(
+                        self.exchange(outgoing.kind).as_str().into(),
+                        outgoing.message_type.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &outgoing.message.body,
+                        properties(&outgoing.message.headers),
+                    )
+                    .await;
+                match published {
+                    Ok(confirm) => confirms.push(confirm),
+                    Err(e) => {
+                        failure = Some(error(e));
+                        break;
+                    }
+                }
+            }
+            let mut confirmed = 0;
+            for confirm in confirms {
+                match confirm.await {
+                    Ok(confirmation) if !confirmation.is_nack() => confirmed += 1,
+                    Ok(_) => return (confirmed, Some(error("the broker refused the message (nack)"))),
+                    Err(e) => {
+                        return (
+                            confirmed,
+                            Some(error(format!("the broker did not confirm the message: {e}"))),
+                        );
+                    }
+                }
+            }
+            (confirmed, failure)
+        })
+    }
+
+    fn dead_letter<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), MessagingError>> {
+        Box::pin(async move {
+            self.declare_dead_letters(&letter.group).await?;
+            let message = RawMessage {
+                headers: letter.to_headers(),
+                body: letter.message.body.clone(),
+            };
+            self.publish_confirmed(&format!("{}.dead-letters", self.namespace), &letter.group, &message)
+                .await
+        })
+    }
+
+    fn list_dead_letters<'a>(
         &'a self,
         group: &'a str,
-        message: &'a RawMessage,
-        reason: &'a str,
-    ) -> BoxFuture<'a, Result<(), MessagingError>> {
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, MessagingError>> {
         Box::pin(async move {
-            let exchange = format!("{}.dead-letters", self.namespace);
-            let queue = self.dead_letter_queue(group);
-            self.declare_bound(&self.publisher, &queue, &exchange, group).await?;
-            self.publish_confirmed(
-                &exchange,
-                group,
-                message,
-                &[
-                    ("chassis-dead-letter-reason", reason),
-                    ("chassis-dead-letter-group", group),
-                ],
-            )
-            .await
+            let channel = self.connection.create_channel().await.map_err(error)?;
+            let letters = self.take_dead_letters(&channel, group, limit).await;
+            // Nothing was acknowledged: closing the channel puts every one back.
+            let _ = channel.close(200, "listed".into()).await;
+            Ok(letters?.into_iter().map(|(_, letter)| letter).collect())
+        })
+    }
+
+    fn replay_dead_letters<'a>(
+        &'a self,
+        group: &'a str,
+        ids: &'a [String],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<usize, MessagingError>> {
+        Box::pin(async move {
+            let channel = self.connection.create_channel().await.map_err(error)?;
+            let result = async {
+                let wanted = if ids.is_empty() { limit } else { usize::MAX };
+                let mut replayed = 0;
+                for (acker, letter) in self.take_dead_letters(&channel, group, wanted).await? {
+                    if replayed == limit || (!ids.is_empty() && !ids.contains(&letter.id)) {
+                        continue;
+                    }
+                    // Straight to the group's own queue: other groups of an event already had it.
+                    let queue = self.queue(letter.kind, &letter.message_type, group);
+                    let mut message = letter.message.clone();
+                    message.headers.push((REPLAY_GROUP.to_owned(), group.to_owned()));
+                    self.publish_confirmed("", &queue, &message).await?;
+                    acker.ack(BasicAckOptions::default()).await.map_err(error)?;
+                    replayed += 1;
+                }
+                Ok(replayed)
+            }
+            .await;
+            // The ones not replayed go back when the channel closes.
+            let _ = channel.close(200, "replayed".into()).await;
+            result
         })
     }
 
     fn is_connected(&self) -> bool {
         self.connection.status().connected()
+    }
+}
+
+impl AmqpTransport {
+    /// Commands wait for their handler: their queue exists before the first send.
+    async fn declare_command_queue(&self, kind: Kind, message_type: &str) -> Result<(), MessagingError> {
+        if kind != Kind::Command {
+            return Ok(());
+        }
+        let queue = self.queue(kind, message_type, message_type);
+        let arguments = self.consumed_queue_arguments(message_type);
+        // The delivery limit dead-letters into the group's queue, which must exist.
+        self.declare_dead_letters(message_type).await?;
+        self.declare_bound(&self.publisher, &queue, &self.exchange(kind), message_type, arguments)
+            .await
+    }
+
+    async fn declare_dead_letters(&self, group: &str) -> Result<(), MessagingError> {
+        let exchange = format!("{}.dead-letters", self.namespace);
+        let queue = self.dead_letter_queue(group);
+        self.declare_bound(&self.publisher, &queue, &exchange, group, FieldTable::default())
+            .await
+    }
+
+    /// Takes up to `limit` dead letters of `group` off its queue without acknowledging them, so
+    /// closing `channel` puts back every one not acknowledged meanwhile. The id of a dead letter
+    /// is its message's envelope id.
+    async fn take_dead_letters(
+        &self,
+        channel: &Channel,
+        group: &str,
+        limit: usize,
+    ) -> Result<Vec<(lapin::Acker, DeadLetter)>, MessagingError> {
+        self.declare_dead_letters(group).await?;
+        let queue = self.dead_letter_queue(group);
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            let Some(message) = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(error)?
+            else {
+                break;
+            };
+            let headers = headers_of(&message.delivery.properties);
+            let id = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("ce-id"))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let body = message.delivery.data.clone().into();
+            // Dead-lettered by the queue's own delivery limit: no reason of the chassis'.
+            let letter = DeadLetter::from_headers(id.clone(), headers.clone(), bytes::Bytes::clone(&body))
+                .unwrap_or_else(|| {
+                    let message_type = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("ce-type"))
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    let kind = if message_type == group {
+                        Kind::Command
+                    } else {
+                        Kind::Event
+                    };
+                    let mut letter = DeadLetter::new(
+                        group,
+                        kind,
+                        &message_type,
+                        RawMessage { headers, body },
+                        "exceeded the queue's delivery limit (x-delivery-limit)",
+                    );
+                    letter.id = id;
+                    letter
+                });
+            letters.push((message.delivery.acker, letter));
+        }
+        Ok(letters)
     }
 }

@@ -1,28 +1,19 @@
 //! The service's handle on the message bus: publish events, send commands, subscribe handlers.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::consumer::Consumer;
+use super::consumer::{Consumer, supervise};
+use super::consumers::ConsumerStates;
+use super::envelope::encode;
 use super::{
-    Command, Envelope, Event, Kind, Message, MessageHandler, MessagingConfig, MessagingError, PUBLISHED_TOTAL,
-    RawMessage, Transport,
+    Command, Envelope, Event, Kind, Message, MessageHandler, MessagingConfig, MessagingError, PUBLISHED_TOTAL, Publish,
+    Transport,
 };
-
-/// Optional attributes of a message being published.
-#[derive(Debug, Clone, Default)]
-pub struct Publish {
-    /// `subject`: what it is about.
-    pub subject: Option<String>,
-    /// The message that caused this one: sets the correlation and causation ids.
-    pub caused_by: Option<Envelope>,
-}
 
 /// The service's handle on the message bus. Cheap to clone.
 #[derive(Clone)]
@@ -30,6 +21,7 @@ pub struct Bus {
     transport: Arc<dyn Transport>,
     source: Arc<str>,
     config: Arc<MessagingConfig>,
+    consumers: ConsumerStates,
 }
 
 impl std::fmt::Debug for Bus {
@@ -39,10 +31,6 @@ impl std::fmt::Debug for Bus {
             .field("source", &self.source)
             .finish()
     }
-}
-
-fn rfc3339_now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 impl Bus {
@@ -57,12 +45,24 @@ impl Bus {
             transport,
             source: source.into(),
             config: Arc::new(config),
+            consumers: ConsumerStates::default(),
         }
     }
 
     /// The transport.
     pub fn transport(&self) -> &Arc<dyn Transport> {
         &self.transport
+    }
+
+    /// The service name messages are published as (their CloudEvents `source`).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// `messaging:consumers`: fails while any consumer of this bus is down (its subscription
+    /// ended and is being made again). The runtime registers it.
+    pub fn consumers_check(&self) -> crate::health::Check {
+        self.consumers.health_check()
     }
 
     /// Publishes an event to every subscribed group; returns its envelope once the broker
@@ -87,10 +87,6 @@ impl Bus {
     }
 
     async fn emit<M: Message>(&self, kind: Kind, message: &M, options: Publish) -> Result<Envelope, MessagingError> {
-        let body = serde_json::to_vec(message).map_err(|e| MessagingError::Encode {
-            kind: M::TYPE,
-            reason: e.to_string(),
-        })?;
         let span = tracing::info_span!(
             target: "chassis::messaging",
             "publish",
@@ -100,31 +96,7 @@ impl Bus {
             messaging.operation.type = "publish",
             messaging.destination.name = M::TYPE,
         );
-        let mut trace_headers = http::HeaderMap::new();
-        crate::telemetry::inject_context(&span.context(), &mut trace_headers);
-        let header = |name: &str| trace_headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let id = uuid::Uuid::now_v7().to_string();
-        let envelope = Envelope {
-            correlation_id: options
-                .caused_by
-                .as_ref()
-                .map(|c| c.correlation_id.clone())
-                .unwrap_or_else(|| id.clone()),
-            causation_id: options.caused_by.as_ref().map(|c| c.id.clone()),
-            id,
-            source: self.source.to_string(),
-            kind: M::TYPE.to_owned(),
-            specversion: "1.0".into(),
-            time: rfc3339_now(),
-            datacontenttype: "application/json".into(),
-            subject: options.subject,
-            traceparent: header("traceparent"),
-            tracestate: header("tracestate"),
-        };
-        let raw = RawMessage {
-            headers: envelope.to_headers(),
-            body: Bytes::from(body),
-        };
+        let (envelope, raw) = encode(&self.source, message, options, &span.context())?;
         self.transport.publish(kind, M::TYPE, raw).instrument(span).await?;
         metrics::counter!(PUBLISHED_TOTAL, "type" => M::TYPE, "kind" => kind.as_str()).increment(1);
         Ok(envelope)
@@ -171,10 +143,23 @@ impl Bus {
         H: MessageHandler<M>,
     {
         let mut tasks = Vec::new();
-        for _ in 0..self.config.concurrency {
+        for n in 0..self.config.concurrency {
             let subscription = self.transport.subscribe(kind, M::TYPE, group).await?;
-            let consumer = Consumer::new(self.transport.clone(), self.config.clone(), group, handler.clone());
-            tasks.push(tokio::spawn(consumer.run(subscription, shutdown.clone())));
+            let consumer = Consumer::new(
+                self.transport.clone(),
+                self.config.clone(),
+                kind,
+                group,
+                handler.clone(),
+            );
+            let name = format!("{group}/{}#{n}", M::TYPE);
+            tasks.push(tokio::spawn(supervise(
+                consumer,
+                subscription,
+                shutdown.clone(),
+                self.consumers.clone(),
+                name,
+            )));
         }
         Ok(tasks)
     }

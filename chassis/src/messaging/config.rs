@@ -21,6 +21,10 @@ pub struct MessagingConfig {
     /// `max_attempts`: handler attempts per delivery before the message is dead-lettered.
     /// Default `5`.
     pub max_attempts: u32,
+    /// `max_deliveries`: deliveries of one message to a group before it is dead-lettered
+    /// without running the handler again: the poison-message limit for a message whose
+    /// handling crashes the consumer or loses its connection. Default `5`.
+    pub max_deliveries: u32,
     /// `retry_base_delay`: first backoff between attempts. Default `"100ms"`.
     #[serde(with = "crate::config::duration")]
     pub retry_base_delay: Duration,
@@ -30,7 +34,8 @@ pub struct MessagingConfig {
     /// `concurrency`: messages a subscription handles at once. Default `8`.
     pub concurrency: usize,
     /// `ack_wait`: how long the broker waits for an acknowledgement before redelivering
-    /// (NATS). Default `"30s"`.
+    /// (NATS). Default `"30s"`. A handler running longer tells the broker every half
+    /// `ack_wait` that it is still working.
     #[serde(with = "crate::config::duration")]
     pub ack_wait: Duration,
 }
@@ -42,6 +47,7 @@ impl Default for MessagingConfig {
             url: None,
             namespace: "chassis".into(),
             max_attempts: 5,
+            max_deliveries: 5,
             retry_base_delay: Duration::from_millis(100),
             retry_max_delay: Duration::from_secs(10),
             concurrency: 8,
@@ -64,6 +70,13 @@ impl Validate for MessagingConfig {
             "is required for the nats and amqp transports, e.g. \"nats://127.0.0.1:4222\"",
         );
         problems.check(self.max_attempts > 0, "max_attempts", "must be at least 1");
+        problems.check(self.max_deliveries > 0, "max_deliveries", "must be at least 1");
+        problems.check(
+            self.ack_wait >= Duration::from_secs(1),
+            "ack_wait",
+            "must be at least 1s",
+        );
+
         problems.check(self.concurrency > 0, "concurrency", "must be at least 1");
         problems.check(
             !self.namespace.is_empty()

@@ -1,7 +1,12 @@
-//! The CloudEvents envelope and the raw message the transports carry.
+//! The CloudEvents envelope, the raw message the transports carry, and how a typed message
+//! becomes both.
+
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use super::{Message, MessagingError};
 
 /// The CloudEvents 1.0 attributes and the tracing context of a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +62,17 @@ impl Envelope {
             .collect()
     }
 
+    /// The W3C trace context the envelope carries, as HTTP headers for the propagator.
+    pub fn trace_headers(&self) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [("traceparent", &self.traceparent), ("tracestate", &self.tracestate)] {
+            if let Some(value) = value.as_deref().and_then(|v| http::HeaderValue::from_str(v).ok()) {
+                headers.insert(name, value);
+            }
+        }
+        headers
+    }
+
     /// Reads binary-mode headers back; `None` when a required attribute is missing.
     pub fn from_headers(headers: &[(String, String)]) -> Option<Self> {
         let get = |name: &str| {
@@ -88,4 +104,53 @@ pub struct RawMessage {
     pub headers: Vec<(String, String)>,
     /// The payload.
     pub body: Bytes,
+}
+
+/// Optional attributes of a message being published.
+#[derive(Debug, Clone, Default)]
+pub struct Publish {
+    /// `subject`: what it is about.
+    pub subject: Option<String>,
+    /// The message that caused this one: sets the correlation and causation ids.
+    pub caused_by: Option<Envelope>,
+}
+
+/// The envelope and the raw message of `message` published by `source`, carrying the trace
+/// context `cx` (the publisher's span).
+pub(crate) fn encode<M: Message>(
+    source: &str,
+    message: &M,
+    options: Publish,
+    cx: &opentelemetry::Context,
+) -> Result<(Envelope, RawMessage), MessagingError> {
+    let body = serde_json::to_vec(message).map_err(|e| MessagingError::Encode {
+        kind: M::TYPE,
+        reason: e.to_string(),
+    })?;
+    let mut trace_headers = http::HeaderMap::new();
+    crate::telemetry::inject_context(cx, &mut trace_headers);
+    let header = |name: &str| trace_headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let id = uuid::Uuid::now_v7().to_string();
+    let envelope = Envelope {
+        correlation_id: options
+            .caused_by
+            .as_ref()
+            .map(|c| c.correlation_id.clone())
+            .unwrap_or_else(|| id.clone()),
+        causation_id: options.caused_by.as_ref().map(|c| c.id.clone()),
+        id,
+        source: source.to_owned(),
+        kind: M::TYPE.to_owned(),
+        specversion: "1.0".into(),
+        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        datacontenttype: "application/json".into(),
+        subject: options.subject,
+        traceparent: header("traceparent"),
+        tracestate: header("tracestate"),
+    };
+    let raw = RawMessage {
+        headers: envelope.to_headers(),
+        body: Bytes::from(body),
+    };
+    Ok((envelope, raw))
 }

@@ -3,19 +3,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::{Acker, Delivery, Kind, MessagingError, RawMessage, Subscription, Transport};
 use futures_util::future::BoxFuture;
 
-/// A message that could not be handled, with the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// The group that gave up on it.
-    pub group: String,
-    /// The message as it arrived.
-    pub message: RawMessage,
-    /// Why: the last handler error, or the decoding error.
-    pub reason: String,
-}
+use super::{Acker, DeadLetter, Delivery, Kind, MessagingError, RawMessage, Subscription, Transport};
 
 #[derive(Default)]
 struct GroupQueue {
@@ -43,6 +33,7 @@ type Groups = HashMap<String, Arc<GroupQueue>>;
 struct Inner {
     destinations: Mutex<HashMap<(Kind, String), Groups>>,
     dead_letters: Mutex<Vec<DeadLetter>>,
+    next_dead_letter: std::sync::atomic::AtomicU64,
 }
 
 /// The in-process bus: the embedded default. Groups, fan-out, competing consumers,
@@ -180,23 +171,62 @@ impl Transport for MemoryTransport {
         })
     }
 
-    fn dead_letter<'a>(
+    fn dead_letter<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), MessagingError>> {
+        let id = self
+            .inner
+            .next_dead_letter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let mut letter = letter.clone();
+        letter.id = id.to_string();
+        self.inner
+            .dead_letters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(letter);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn list_dead_letters<'a>(
         &'a self,
         group: &'a str,
-        message: &'a RawMessage,
-        reason: &'a str,
-    ) -> BoxFuture<'a, Result<(), MessagingError>> {
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, MessagingError>> {
+        let letters = self
+            .dead_letters()
+            .into_iter()
+            .filter(|letter| letter.group == group)
+            .take(limit)
+            .collect();
+        Box::pin(async { Ok(letters) })
+    }
+
+    fn replay_dead_letters<'a>(
+        &'a self,
+        group: &'a str,
+        ids: &'a [String],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<usize, MessagingError>> {
         Box::pin(async move {
-            self.inner
-                .dead_letters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(DeadLetter {
-                    group: group.to_owned(),
-                    message: message.clone(),
-                    reason: reason.to_owned(),
+            let chosen: Vec<DeadLetter> = {
+                let mut letters = self.inner.dead_letters.lock().unwrap_or_else(|e| e.into_inner());
+                let mut chosen = Vec::new();
+                letters.retain(|letter| {
+                    let pick =
+                        letter.group == group && (ids.is_empty() && chosen.len() < limit || ids.contains(&letter.id));
+                    if pick {
+                        chosen.push(letter.clone());
+                    }
+                    !pick
                 });
-            Ok(())
+                chosen
+            };
+            for letter in &chosen {
+                // A replayed event goes back to the group that gave up on it, not to every group.
+                self.group(letter.kind, &letter.message_type, group)
+                    .push(letter.message.clone(), 0, false);
+            }
+            Ok(chosen.len())
         })
     }
 }

@@ -36,9 +36,12 @@ mod amqp;
 mod bus;
 mod config;
 mod consumer;
+mod consumers;
 mod envelope;
 mod error;
 mod handler;
+#[cfg(feature = "postgres")]
+mod inbox;
 mod memory;
 mod message;
 #[cfg(feature = "nats")]
@@ -49,16 +52,22 @@ use std::sync::Arc;
 
 #[cfg(feature = "amqp")]
 pub use amqp::AmqpTransport;
-pub use bus::{Bus, Publish};
+pub use bus::Bus;
 pub use config::MessagingConfig;
-pub use envelope::{Envelope, RawMessage};
+#[cfg(feature = "postgres")]
+pub(crate) use envelope::encode;
+pub use envelope::{Envelope, Publish, RawMessage};
 pub use error::MessagingError;
 pub use handler::{Incoming, MessageHandler};
-pub use memory::{DeadLetter, MemoryTransport};
+#[cfg(feature = "postgres")]
+pub(crate) use inbox::delete_processed;
+#[cfg(feature = "postgres")]
+pub use inbox::{INBOX_TOTAL, Inbox, InboxError, InboxHandler};
+pub use memory::MemoryTransport;
 pub use message::{Command, Event, Message};
 #[cfg(feature = "nats")]
 pub use nats::NatsTransport;
-pub use transport::{Acker, Delivery, Kind, Subscription, Transport};
+pub use transport::{Acker, DeadLetter, Delivery, Kind, Outgoing, Subscription, Transport};
 
 /// Name of the publish counter.
 pub const PUBLISHED_TOTAL: &str = "chassis_messages_published_total";
@@ -68,6 +77,8 @@ pub const CONSUMED_TOTAL: &str = "chassis_messages_consumed_total";
 pub const DEAD_LETTERED_TOTAL: &str = "chassis_messages_dead_lettered_total";
 /// Name of the handler duration histogram.
 pub const HANDLER_DURATION: &str = "chassis_message_handler_duration_seconds";
+/// Name of the counter of consumers subscribed again after their subscription ended.
+pub const CONSUMER_RESTARTS_TOTAL: &str = "chassis_message_consumer_restarts_total";
 
 /// Connects the transport named by `config`.
 pub async fn connect(config: &MessagingConfig) -> Result<Arc<dyn Transport>, MessagingError> {

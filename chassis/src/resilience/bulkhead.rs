@@ -27,7 +27,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::BoxError;
 use crate::config::{ConfigError, Problems, Validate};
-use crate::future::{Call, ErrInto};
+use crate::future::{Call, ErrInto, Rejection};
 
 /// Name of the rejection counter.
 pub const REJECTED_TOTAL: &str = "chassis_bulkhead_rejected_total";
@@ -251,7 +251,7 @@ where
             Slots::Queued { semaphore } if self.shared.join_queue() => semaphore.clone(),
             _ => {
                 return ResponseFuture {
-                    call: Call::answered(Err(self.shared.rejected())),
+                    call: Call::answered(Rejection(self.shared.rejected())),
                 };
             }
         };
@@ -278,7 +278,7 @@ pin_project! {
     /// The response future of [`Bulkhead`].
     pub struct ResponseFuture<F: TryFuture> {
         #[pin]
-        call: Call<Either<Admitted<ErrInto<F>>, BoxFuture<'static, Result<F::Ok, BoxError>>>, Result<F::Ok, BoxError>>,
+        call: Call<Either<Admitted<ErrInto<F>>, BoxFuture<'static, Result<F::Ok, BoxError>>>, Rejection>,
     }
 }
 

@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::{AdminConfig, HttpConfig, ShutdownConfig};
+use super::{AdminConfig, HttpConfig, RetentionConfig, ShutdownConfig, StartupConfig};
 use crate::client::ClientConfig;
 use crate::config::{ConfigError, ConfigLoader, Problems, ServiceConfig, Validate};
 use crate::health::HealthConfig;
 use crate::messaging::MessagingConfig;
 use crate::metrics::MetricsConfig;
+use crate::outbox::OutboxConfig;
+use crate::storage::{PostgresConfig, RedisConfig};
 use crate::telemetry::TelemetryConfig;
 
 /// The loaded configuration: the chassis' sections and the service's settings.
@@ -58,12 +60,22 @@ pub struct ChassisConfig {
     pub metrics: MetricsConfig,
     /// `[health]`: health check execution.
     pub health: HealthConfig,
+    /// `[startup]`: how long start-up waits for the broker and the databases.
+    pub startup: StartupConfig,
     /// `[shutdown]`: graceful shutdown timing.
     pub shutdown: ShutdownConfig,
     /// `[clients.<name>]`: the downstream services this one calls.
     pub clients: BTreeMap<String, ClientConfig>,
     /// `[messaging]`: the message bus.
     pub messaging: MessagingConfig,
+    /// `[postgres]`: the service's PostgreSQL.
+    pub postgres: PostgresConfig,
+    /// `[redis]`: the service's Redis.
+    pub redis: RedisConfig,
+    /// `[outbox]`: the relay of the transactional outbox.
+    pub outbox: OutboxConfig,
+    /// `[retention]`: how long the chassis' own rows are kept.
+    pub retention: RetentionConfig,
 }
 
 impl ChassisConfig {
@@ -86,8 +98,13 @@ impl Validate for ChassisConfig {
         problems.nested("telemetry", |p| self.telemetry.validate(p));
         problems.nested("metrics", |p| self.metrics.validate(p));
         problems.nested("health", |p| self.health.validate(p));
+        problems.nested("startup", |p| self.startup.validate(p));
         problems.nested("shutdown", |p| self.shutdown.validate(p));
         problems.nested("messaging", |p| self.messaging.validate(p));
+        problems.nested("postgres", |p| self.postgres.validate(p));
+        problems.nested("redis", |p| self.redis.validate(p));
+        problems.nested("outbox", |p| self.outbox.validate(p));
+        problems.nested("retention", |p| self.retention.validate(p));
         problems.nested("clients", |p| {
             for (name, client) in &self.clients {
                 p.nested(name, |p| client.validate(p));
@@ -148,9 +165,14 @@ mod tests {
                 "telemetry",
                 "metrics",
                 "health",
+                "startup",
                 "shutdown",
                 "clients",
-                "messaging"
+                "messaging",
+                "postgres",
+                "redis",
+                "outbox",
+                "retention"
             ]
         );
     }

@@ -1,5 +1,6 @@
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,39 @@ struct Inner<T> {
     metrics: Option<MetricsHandle>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    #[cfg(feature = "postgres")]
+    postgres: Option<sqlx::PgPool>,
+    #[cfg(feature = "redis")]
+    redis: Option<redis::aio::ConnectionManager>,
+    /// Set when the service asks for the outbox: the runtime then runs its relay.
+    outbox_used: Arc<AtomicBool>,
+}
+
+/// What the runtime hands a [`Context`].
+pub(super) struct Parts<T> {
+    pub(super) config: Config<T>,
+    pub(super) clients: Clients,
+    pub(super) bus: Bus,
+    pub(super) health: HealthRegistry,
+    pub(super) metrics: Option<MetricsHandle>,
+    pub(super) shutdown: CancellationToken,
+    pub(super) tasks: TaskTracker,
+    #[cfg(feature = "postgres")]
+    pub(super) postgres: Option<sqlx::PgPool>,
+    #[cfg(feature = "redis")]
+    pub(super) redis: Option<redis::aio::ConnectionManager>,
+}
+
+/// The service asked for a dependency its configuration does not set up.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what} is not configured: set {key} (for example with the environment variable {variable})")]
+pub struct NotConfigured {
+    /// The dependency.
+    pub what: &'static str,
+    /// The config key that sets it up.
+    pub key: &'static str,
+    /// The environment variable for the key, with the default prefix.
+    pub variable: &'static str,
 }
 
 impl<T> Clone for Context<T> {
@@ -63,26 +97,66 @@ impl<T> std::fmt::Debug for Context<T> {
 }
 
 impl<T> Context<T> {
-    pub(crate) fn new(
-        config: Config<T>,
-        clients: Clients,
-        bus: Bus,
-        health: HealthRegistry,
-        metrics: Option<MetricsHandle>,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-    ) -> Self {
+    pub(super) fn new(parts: Parts<T>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                config,
-                clients,
-                bus,
-                health,
-                metrics,
-                shutdown,
-                tasks,
+                config: parts.config,
+                clients: parts.clients,
+                bus: parts.bus,
+                health: parts.health,
+                metrics: parts.metrics,
+                shutdown: parts.shutdown,
+                tasks: parts.tasks,
+                #[cfg(feature = "postgres")]
+                postgres: parts.postgres,
+                #[cfg(feature = "redis")]
+                redis: parts.redis,
+                outbox_used: Arc::default(),
             }),
         }
+    }
+
+    pub(super) fn outbox_used(&self) -> Arc<AtomicBool> {
+        self.inner.outbox_used.clone()
+    }
+
+    /// The pool of the service's PostgreSQL (`[postgres]`), connected at start with the
+    /// chassis' tables created; its readiness check is registered.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&self) -> Result<&sqlx::PgPool, NotConfigured> {
+        self.inner.postgres.as_ref().ok_or(NotConfigured {
+            what: "PostgreSQL",
+            key: "postgres.url",
+            variable: "APP__POSTGRES__URL",
+        })
+    }
+
+    /// The connection to the service's Redis (`[redis]`), connected at start; its readiness
+    /// check is registered. Cheap to clone; it reconnects by itself.
+    #[cfg(feature = "redis")]
+    pub fn redis(&self) -> Result<redis::aio::ConnectionManager, NotConfigured> {
+        self.inner.redis.clone().ok_or(NotConfigured {
+            what: "Redis",
+            key: "redis.url",
+            variable: "APP__REDIS__URL",
+        })
+    }
+
+    /// The transactional outbox in the service's PostgreSQL: messages added in a transaction
+    /// are published once it commits. Asking for it makes the runtime run the outbox relay and
+    /// its `outbox:lag` readiness check.
+    #[cfg(feature = "postgres")]
+    pub fn outbox(&self) -> Result<crate::outbox::Outbox, NotConfigured> {
+        self.postgres()?;
+        self.inner.outbox_used.store(true, std::sync::atomic::Ordering::Release);
+        Ok(crate::outbox::Outbox::new(self.config().service.name.as_str()))
+    }
+
+    /// The inbox in the service's PostgreSQL: message handlers whose effect and processed
+    /// record commit in one transaction.
+    #[cfg(feature = "postgres")]
+    pub fn inbox(&self) -> Result<crate::messaging::Inbox, NotConfigured> {
+        Ok(crate::messaging::Inbox::new(self.postgres()?.clone()))
     }
 
     /// The service's own settings: everything in the config tree outside the chassis' sections.

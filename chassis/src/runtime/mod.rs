@@ -14,10 +14,14 @@
 //! [`Context::spawn`] get `shutdown.grace_period` to finish; the admin listener closes;
 //! buffered spans are exported.
 
+mod admin;
 mod checks;
 mod config;
 mod context;
+mod dependencies;
 pub mod inbound;
+#[cfg(feature = "postgres")]
+mod retention;
 mod settings;
 
 use std::future::Future;
@@ -26,29 +30,27 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
 use axum::serve::{IncomingStream, Listener, ListenerExt as _};
-use http::{HeaderValue, header};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use admin::{PROMETHEUS_TEXT, admin_router};
 pub use config::{ChassisConfig, Config};
-pub use context::Context;
+pub use context::{Context, NotConfigured};
 pub use inbound::Inbound;
-pub use settings::{AdminConfig, HttpConfig, ShutdownConfig};
+#[cfg(feature = "postgres")]
+pub use retention::RETENTION_DELETED_TOTAL;
+pub use settings::{AdminConfig, HttpConfig, RetentionConfig, ShutdownConfig, StartupConfig};
 
 use crate::client::Clients;
 use crate::config::{ConfigError, ConfigLoader};
 use crate::health::HealthRegistry;
-use crate::metrics::{MetricsError, MetricsHandle};
+use crate::metrics::MetricsError;
 use crate::resilience::CircuitBreakerRegistry;
 use crate::telemetry::{TelemetryError, TelemetryGuard};
-
-/// The media type of `/metrics`.
-pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// How to start a service: where its config comes from and how many worker threads it gets.
 ///
@@ -144,9 +146,26 @@ pub enum StartError {
         /// The operating system's error.
         source: std::io::Error,
     },
-    /// The message broker could not be reached.
+    /// The message broker could not be set up: a transport that is not compiled in, or a
+    /// broker that refused what the chassis declares.
     #[error("cannot start messaging: {0}; check messaging.url and that the broker is up")]
     Messaging(#[from] crate::messaging::MessagingError),
+    /// A dependency (the broker, PostgreSQL, Redis) could not be reached within
+    /// `startup.connect_timeout`, or refused what start-up asked of it.
+    #[error(
+        "cannot reach {what} (check {key}; waited {}): {reason}",
+        crate::config::duration::format(waited)
+    )]
+    Unreachable {
+        /// The dependency.
+        what: String,
+        /// The config key that points at it.
+        key: String,
+        /// How long start-up tried.
+        waited: Duration,
+        /// The last attempt's error.
+        reason: String,
+    },
     /// The service's init function returned an error.
     #[error("the service's init function failed: {}", .0.report())]
     Init(crate::Error),
@@ -232,40 +251,6 @@ impl RunningService {
     }
 }
 
-/// The admin endpoints: `/health/live`, `/health/ready`, `/health/startup`,
-/// `/circuit-breakers` (state, rates and window of every breaker, as JSON) and, with metrics
-/// enabled, `/metrics`.
-pub fn admin_router(
-    health: HealthRegistry,
-    metrics: Option<MetricsHandle>,
-    breakers: CircuitBreakerRegistry,
-) -> Router {
-    let router = crate::health::router(health).route(
-        "/circuit-breakers",
-        get(move || {
-            let breakers = breakers.clone();
-            async move { axum::Json(breakers.snapshots()) }
-        }),
-    );
-    let router = match metrics {
-        Some(handle) => router.route(
-            "/metrics",
-            get(move || {
-                let handle = handle.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT))],
-                        handle.render(),
-                    )
-                }
-            }),
-        ),
-        None => router,
-    };
-    // Handlers become services once, not per request (see `Inbound::new`).
-    router.with_state(())
-}
-
 /// Binds `addr` and returns the listener with the address it got (the real port for port 0).
 async fn bind(
     addr: SocketAddr,
@@ -339,7 +324,9 @@ where
     let (main_listener, http_addr) = bind(chassis.http.addr(), "http", "http.port").await?;
     let breakers = CircuitBreakerRegistry::new();
     health.register(checks::circuit_breakers(breakers.clone()));
-    let admin = admin_router(health.clone(), metrics.clone(), breakers.clone());
+    let dead_letters = admin::DeadLetterSource::default();
+    let admin = admin_router(health.clone(), metrics.clone(), breakers.clone())
+        .merge(admin::dead_letter_routes(dead_letters.clone()));
     let admin_stop = CancellationToken::new();
     let (admin_addr, admin_server) = if chassis.admin.shared {
         (http_addr, None)
@@ -348,25 +335,39 @@ where
         let serve = axum::serve(listener, admin.clone()).with_graceful_shutdown(admin_stop.clone().cancelled_owned());
         (addr, Some(tokio::spawn(serve.into_future())))
     };
+    // The admin endpoints answer from here on; the startup probe fails until init is done.
+    let dependencies = match dependencies::connect(&chassis, options.transport, &health).await {
+        Ok(dependencies) => dependencies,
+        Err(error) => {
+            admin_stop.cancel();
+            return Err(error);
+        }
+    };
+    let _ = dead_letters.set(dependencies.transport.clone());
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let clients = Clients::new(chassis.clients.clone(), breakers);
-    let transport = match options.transport {
-        Some(transport) => transport,
-        None => crate::messaging::connect(&chassis.messaging).await?,
-    };
-    health.register(checks::broker(transport.clone()));
-    let bus = crate::messaging::Bus::from_arc(transport, chassis.service.name.as_str(), chassis.messaging.clone());
-    let ctx = Context::new(
+    let bus = crate::messaging::Bus::from_arc(
+        dependencies.transport.clone(),
+        chassis.service.name.as_str(),
+        chassis.messaging.clone(),
+    );
+    health.register(bus.consumers_check());
+    let ctx = Context::new(context::Parts {
         config,
         clients,
         bus,
-        health.clone(),
+        health: health.clone(),
         metrics,
-        stop.clone(),
-        tasks.clone(),
-    );
+        shutdown: stop.clone(),
+        tasks: tasks.clone(),
+        #[cfg(feature = "postgres")]
+        postgres: dependencies.postgres.clone(),
+        #[cfg(feature = "redis")]
+        redis: dependencies.redis.clone(),
+    });
+    let outbox_used = ctx.outbox_used();
     let routes = match init(ctx).await {
         Ok(routes) => routes,
         Err(error) => {
@@ -375,6 +376,17 @@ where
             return Err(StartError::Init(error));
         }
     };
+    #[cfg(feature = "postgres")]
+    if let Some(pool) = &dependencies.postgres {
+        if outbox_used.load(std::sync::atomic::Ordering::Acquire) {
+            let relay = crate::outbox::Relay::new(pool.clone(), dependencies.transport.clone(), chassis.outbox.clone());
+            tasks.spawn(relay.run(stop.clone()));
+            health.register(crate::outbox::health_check(pool.clone(), chassis.outbox.lag_warning));
+        }
+        tasks.spawn(retention::run(pool.clone(), chassis.retention.clone(), stop.clone()));
+    }
+    #[cfg(not(feature = "postgres"))]
+    let _ = outbox_used;
 
     let mut inbound = Inbound::new(routes, &chassis);
     if chassis.admin.shared {

@@ -141,3 +141,78 @@ impl Validate for ShutdownConfig {
         );
     }
 }
+
+/// `[startup]`: how start-up waits for the service's dependencies.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct StartupConfig {
+    /// `startup.connect_timeout`: how long start-up keeps trying to reach the message broker,
+    /// PostgreSQL and Redis (an attempt about every second, each failure logged) before the
+    /// service exits with an error naming what it could not reach. Default `"30s"`.
+    #[serde(with = "crate::config::duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for StartupConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Validate for StartupConfig {
+    fn validate(&self, problems: &mut Problems) {
+        problems.check(
+            !self.connect_timeout.is_zero(),
+            "connect_timeout",
+            "must be greater than zero",
+        );
+    }
+}
+
+/// `[retention]`: how long the chassis keeps the rows it writes to PostgreSQL, and how often it
+/// deletes older ones. Expired idempotency keys are deleted at every round (their `ttl` is their
+/// retention); failed sagas are kept for an operator.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetentionConfig {
+    /// `retention.interval`: how often old rows are deleted. Default `"10m"`.
+    #[serde(with = "crate::config::duration")]
+    pub interval: Duration,
+    /// `retention.processed_messages`: how long the inbox remembers a processed message id; a
+    /// message redelivered after that is processed again, so keep it longer than the broker
+    /// keeps messages. Default `"7d"`.
+    #[serde(with = "crate::config::duration")]
+    pub processed_messages: Duration,
+    /// `retention.outbox`: how long published outbox rows are kept. Default `"7d"`.
+    #[serde(with = "crate::config::duration")]
+    pub outbox: Duration,
+    /// `retention.sagas`: how long completed and compensated sagas are kept. Default `"30d"`.
+    #[serde(with = "crate::config::duration")]
+    pub sagas: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            interval: Duration::from_secs(600),
+            processed_messages: Duration::from_secs(7 * DAY),
+            outbox: Duration::from_secs(7 * DAY),
+            sagas: Duration::from_secs(30 * DAY),
+        }
+    }
+}
+
+impl Validate for RetentionConfig {
+    fn validate(&self, problems: &mut Problems) {
+        problems.check(
+            self.interval >= Duration::from_secs(1),
+            "interval",
+            "must be at least 1s",
+        );
+    }
+}

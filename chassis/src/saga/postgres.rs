@@ -46,6 +46,20 @@ impl PostgresSagaStore {
         crate::storage::postgres::health_check(self.pool.clone())
     }
 
+    /// Deletes completed and compensated sagas not written for `retention`, a batch at a time;
+    /// failed ones stay for an operator.
+    pub(crate) async fn delete_finished(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+        crate::storage::postgres::delete_in_batches(
+            pool,
+            "DELETE FROM chassis_sagas WHERE (saga, id) IN (
+                 SELECT saga, id FROM chassis_sagas
+                 WHERE status IN ('completed', 'compensated')
+                   AND updated_at < now() - $1 * interval '1 millisecond' LIMIT 10000)",
+            retention,
+        )
+        .await
+    }
+
     /// Creates the table if it does not exist ([`SAGA_MIGRATION`]).
     pub async fn migrate(&self) -> Result<(), SagaError> {
         sqlx::raw_sql(SAGA_MIGRATION).execute(&self.pool).await.map_err(error)?;

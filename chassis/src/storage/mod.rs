@@ -1,8 +1,15 @@
-//! Connections to the stores the chassis keeps its own state in (idempotency keys, processed
-//! messages, saga state), shared by the modules that keep it there, and the readiness checks
-//! that watch them.
+//! The service's own connections to PostgreSQL and Redis (`[postgres]`, `[redis]`), the
+//! transaction an effect commits in together with the chassis' record of it, and the readiness
+//! checks that watch the stores.
 
+mod config;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(feature = "postgres")]
+mod transaction;
+
+pub use config::{PostgresConfig, RedisConfig};
+#[cfg(feature = "postgres")]
+pub use transaction::{NoTransaction, Transaction, TransactionEnded, TransactionGuard};

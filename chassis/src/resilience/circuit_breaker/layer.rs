@@ -10,7 +10,7 @@ use tower::{Layer, Service};
 
 use super::{Breaker, Classify, Permit, ServerErrors, Verdict};
 use crate::BoxError;
-use crate::future::Call;
+use crate::future::{Call, Rejection};
 
 /// Guards a service with a [`Breaker`]: calls are rejected with
 /// [`CircuitOpen`](super::CircuitOpen) while it is open, and each result is reported as the
@@ -81,7 +81,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C, S::Response>;
+    type Future = ResponseFuture<S::Future, C>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -95,7 +95,7 @@ where
                 permit: Some(permit),
                 classifier: self.classifier.clone(),
             }),
-            Err(open) => Call::answered(Err(Box::new(open) as BoxError)),
+            Err(open) => Call::answered(Rejection(Box::new(open))),
         };
         ResponseFuture { call }
     }
@@ -103,13 +103,13 @@ where
 
 pin_project! {
     /// The response future of [`CircuitBreaker`].
-    pub struct ResponseFuture<F, C, T> {
+    pub struct ResponseFuture<F, C> {
         #[pin]
-        call: Call<Recorded<F, C>, Result<T, BoxError>>,
+        call: Call<Recorded<F, C>, Rejection>,
     }
 }
 
-impl<F, C, T, E> Future for ResponseFuture<F, C, T>
+impl<F, C, T, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
