@@ -1,6 +1,9 @@
 //! The transactional outbox (PostgreSQL): a message is published if and only if the
 //! transaction that wrote it commits.
 //!
+//! Each row belongs to its origin, the messaging namespace and service name that wrote it;
+//! services sharing a database publish only their own rows.
+//!
 //! [`Outbox::add`] writes the message's envelope into `chassis_outbox` inside the caller's
 //! transaction, next to the business rows that caused it. The [`Relay`], which the runtime
 //! runs in every replica, publishes the rows in sequence order with the broker's confirmation
@@ -69,6 +72,13 @@ pub const PUBLISH_FAILURES_TOTAL: &str = "chassis_outbox_publish_failures_total"
 #[cfg(feature = "postgres")]
 const CHANNEL: &str = "chassis_outbox";
 
+/// Whose rows these are: a service's relay publishes the rows of its messaging namespace and
+/// service name, so services (and tests) sharing a database keep to their own.
+#[cfg(feature = "postgres")]
+fn origin(namespace: &str, service: &str) -> String {
+    format!("{namespace}/{service}")
+}
+
 /// Why a message could not be added to the outbox.
 #[cfg(feature = "postgres")]
 #[derive(Debug, thiserror::Error)]
@@ -85,11 +95,12 @@ pub enum OutboxError {
 #[cfg(feature = "postgres")]
 /// `outbox:lag`: `warn` while the oldest unpublished row is older than `lag_warning`, the
 /// pending rows as the observed value; `fail` when the database cannot be asked.
-pub(crate) fn health_check(pool: PgPool, lag_warning: Duration) -> Check {
+pub(crate) fn health_check(pool: PgPool, namespace: &str, service: &str, lag_warning: Duration) -> Check {
+    let origin: std::sync::Arc<str> = origin(namespace, service).into();
     Check::new("outbox:lag", move || {
-        let pool = pool.clone();
+        let (pool, origin) = (pool.clone(), origin.clone());
         async move {
-            match relay::backlog(&pool).await {
+            match relay::backlog(&pool, &origin).await {
                 Ok((pending, lag)) if lag > lag_warning => CheckResult::warn(format!(
                     "{pending} messages wait to be published, the oldest for {}",
                     crate::config::duration::format(&Duration::from_secs(lag.as_secs()))

@@ -10,10 +10,8 @@ use tokio_util::sync::CancellationToken;
 use super::{CHANNEL, LAG_SECONDS, OutboxConfig, PENDING, PUBLISH_FAILURES_TOTAL, PUBLISHED_TOTAL};
 use crate::messaging::{Kind, Outgoing, RawMessage, Transport};
 
-/// The advisory lock the publishing replica holds for as long as its session lives.
-const LEADER_LOCK: i64 = 0x6368_6173_7369_7301;
-
-/// The `application_name` of the relay's leader session in `pg_stat_activity`.
+/// The `application_name` of the relay's leader session in `pg_stat_activity`, followed by a
+/// space and the relay's origin (truncated to PostgreSQL's 63 bytes).
 pub const RELAY_APPLICATION_NAME: &str = "chassis_outbox_relay";
 
 /// Publishes the rows of `chassis_outbox` in sequence order, with the broker's confirmation,
@@ -29,6 +27,7 @@ pub struct Relay {
     pool: PgPool,
     transport: Arc<dyn Transport>,
     config: Arc<OutboxConfig>,
+    origin: Arc<str>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -47,12 +46,20 @@ struct Unsent {
 }
 
 impl Relay {
-    /// A relay of the outbox in `pool`'s database onto `transport`.
-    pub fn new(pool: PgPool, transport: Arc<dyn Transport>, config: OutboxConfig) -> Self {
+    /// A relay of the rows `service` wrote for the messaging namespace `namespace` in `pool`'s
+    /// database, onto `transport`.
+    pub fn new(
+        pool: PgPool,
+        transport: Arc<dyn Transport>,
+        config: OutboxConfig,
+        namespace: &str,
+        service: &str,
+    ) -> Self {
         Self {
             pool,
             transport,
             config: Arc::new(config),
+            origin: super::origin(namespace, service).into(),
         }
     }
 
@@ -78,17 +85,15 @@ impl Relay {
     /// Takes the leader lock if it is free and publishes while it holds it. Returns `Ok` when
     /// another replica leads or at shutdown.
     async fn lead(&self, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
-        let options = self
-            .pool
-            .connect_options()
-            .as_ref()
-            .clone()
-            .application_name(RELAY_APPLICATION_NAME);
+        let name = format!("{RELAY_APPLICATION_NAME} {}", self.origin);
+        let options = self.pool.connect_options().as_ref().clone().application_name(&name);
         let mut session = PgConnection::connect_with(&options).await?;
-        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LEADER_LOCK)
-            .fetch_one(&mut session)
-            .await?;
+        // One leader per origin, for as long as this session lives.
+        let leader: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('chassis_outbox_relay'), hashtext($1))")
+                .bind(&*self.origin)
+                .fetch_one(&mut session)
+                .await?;
         if !leader {
             let _ = session.close().await;
             return Ok(());
@@ -139,8 +144,9 @@ impl Relay {
     async fn unsent(&self) -> Result<Vec<Unsent>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT seq, kind, message_type, headers, body FROM chassis_outbox
-             WHERE sent_at IS NULL ORDER BY seq LIMIT $1",
+             WHERE origin = $1 AND sent_at IS NULL ORDER BY seq LIMIT $2",
         )
+        .bind(&*self.origin)
         .bind(i64::from(self.config.batch_size))
         .fetch_all(&self.pool)
         .await?;
@@ -196,7 +202,7 @@ impl Relay {
 
     /// Records the pending rows and the age of the oldest as gauges.
     async fn measure(&self) {
-        if let Ok((pending, lag)) = backlog(&self.pool).await {
+        if let Ok((pending, lag)) = backlog(&self.pool, &self.origin).await {
             metrics::gauge!(PENDING).set(pending as f64);
             metrics::gauge!(LAG_SECONDS).set(lag.as_secs_f64());
         }
@@ -213,13 +219,14 @@ impl Relay {
     }
 }
 
-/// The rows not published yet and the age of the oldest of them.
-pub(crate) async fn backlog(pool: &PgPool) -> Result<(i64, Duration), sqlx::Error> {
+/// The rows of `origin` not published yet and the age of the oldest of them.
+pub(crate) async fn backlog(pool: &PgPool, origin: &str) -> Result<(i64, Duration), sqlx::Error> {
     let row = sqlx::query(
         "SELECT count(*) AS pending,
                 COALESCE(EXTRACT(EPOCH FROM (now() - min(created_at))), 0)::DOUBLE PRECISION AS lag
-         FROM chassis_outbox WHERE sent_at IS NULL",
+         FROM chassis_outbox WHERE origin = $1 AND sent_at IS NULL",
     )
+    .bind(origin)
     .fetch_one(pool)
     .await?;
     let pending: i64 = row.try_get("pending")?;

@@ -28,12 +28,18 @@ use crate::messaging::{Command, Envelope, Event, Kind, Message, Publish};
 #[derive(Debug, Clone)]
 pub struct Outbox {
     source: Arc<str>,
+    origin: Arc<str>,
 }
 
 impl Outbox {
-    /// An outbox for messages published as `source` (the service's name).
-    pub fn new(source: impl Into<Arc<str>>) -> Self {
-        Self { source: source.into() }
+    /// An outbox for messages published as `source` (the service's name) into the messaging
+    /// namespace `namespace`; the relay of that service and namespace publishes them.
+    pub fn new(source: impl Into<Arc<str>>, namespace: &str) -> Self {
+        let source = source.into();
+        Self {
+            origin: super::origin(namespace, &source).into(),
+            source,
+        }
     }
 
     /// Adds `event`; it goes to every subscribed group once the transaction commits.
@@ -82,13 +88,17 @@ impl Outbox {
         let (envelope, raw) = crate::messaging::encode(&self.source, message, options, &span.context())?;
         // Rows of one subject get their sequence numbers in commit order: the lock is held
         // until this transaction ends, so the next writer of the subject numbers after it.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chassis_outbox'), hashtext($1))")
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chassis_outbox'), hashtext($1::text || '/' || $2::text))")
+            .bind(&*self.origin)
             .bind(&subject)
             .execute(&mut *connection)
             .await?;
         let headers = serde_json::to_string(&raw.headers).expect("string pairs serialize");
-        sqlx::query("INSERT INTO chassis_outbox (id, kind, message_type, headers, body) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&envelope.id)
+        sqlx::query(
+            "INSERT INTO chassis_outbox (origin, id, kind, message_type, headers, body) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&*self.origin)
+        .bind(&envelope.id)
             .bind(kind.as_str())
             .bind(M::TYPE)
             .bind(headers)
@@ -96,8 +106,9 @@ impl Outbox {
             .execute(&mut *connection)
             .await?;
         // Delivered at commit, and not at all on rollback: the relay wakes for rows that exist.
-        sqlx::query("SELECT pg_notify($1, '')")
+        sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
+            .bind(&*self.origin)
             .execute(&mut *connection)
             .await?;
         Ok(envelope)

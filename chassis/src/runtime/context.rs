@@ -149,7 +149,11 @@ impl<T> Context<T> {
     pub fn outbox(&self) -> Result<crate::outbox::Outbox, NotConfigured> {
         self.postgres()?;
         self.inner.outbox_used.store(true, std::sync::atomic::Ordering::Release);
-        Ok(crate::outbox::Outbox::new(self.config().service.name.as_str()))
+        let config = self.config();
+        Ok(crate::outbox::Outbox::new(
+            config.service.name.as_str(),
+            &config.messaging.namespace,
+        ))
     }
 
     /// The inbox in the service's PostgreSQL: message handlers whose effect and processed

@@ -379,9 +379,21 @@ where
     #[cfg(feature = "postgres")]
     if let Some(pool) = &dependencies.postgres {
         if outbox_used.load(std::sync::atomic::Ordering::Acquire) {
-            let relay = crate::outbox::Relay::new(pool.clone(), dependencies.transport.clone(), chassis.outbox.clone());
+            let (namespace, service) = (&chassis.messaging.namespace, &chassis.service.name);
+            let relay = crate::outbox::Relay::new(
+                pool.clone(),
+                dependencies.transport.clone(),
+                chassis.outbox.clone(),
+                namespace,
+                service,
+            );
             tasks.spawn(relay.run(stop.clone()));
-            health.register(crate::outbox::health_check(pool.clone(), chassis.outbox.lag_warning));
+            health.register(crate::outbox::health_check(
+                pool.clone(),
+                namespace,
+                service,
+                chassis.outbox.lag_warning,
+            ));
         }
         tasks.spawn(retention::run(pool.clone(), chassis.retention.clone(), stop.clone()));
     }

@@ -18,6 +18,7 @@
 
 mod backend;
 mod otlp;
+mod proxy;
 
 use std::future::Future;
 
@@ -26,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 pub use backend::{backend, backend_url, backends_required, eventually};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
+pub use proxy::{Fault, FaultProxy};
 
 use crate::runtime::{Context, Options, RunningService};
 
