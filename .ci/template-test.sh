@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Generates services from template/ (the default variant and the fullest one) against this
+# Generates services from template/ (the default variant, the fullest one, and one with Redis and
+# RabbitMQ) against this
 # working tree, builds them, runs their tests, starts one and stops it with SIGTERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,7 @@ generate() {
 generate plain-service
 generate full-service -d messaging=nats -d idempotency_store=postgres -d downstream_client=true \
     -d http_port=18080 -d admin_port=19090
+generate redis-service -d messaging=amqp -d idempotency_store=redis
 
 # A bad name is refused with a clear message.
 if cargo generate --path "$ROOT/template" --name "9-Bad Name" --silent --vcs none --no-workspace \
@@ -35,7 +37,7 @@ if cargo generate --path "$ROOT/template" --name "9-Bad Name" --silent --vcs non
 fi
 grep -q "not a valid service name" "$OUT/bad.log"
 
-for service in plain-service full-service; do
+for service in plain-service full-service redis-service; do
     echo "== $service"
     (cd "$OUT/$service" && cargo fmt --check && cargo clippy --all-targets -- -D warnings && cargo test)
 done

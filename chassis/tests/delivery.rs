@@ -443,6 +443,30 @@ async fn a_transactional_request_takes_effect_once_whether_it_fails_is_cancelled
     );
     assert_eq!(send("k-cancel", None).await.unwrap().status(), 201);
     assert_eq!(rows(&pool, &table, "k-cancel").await, 1, "and the retry is replayed");
+
+    // A concurrent duplicate is answered 409 while the first holds the key, and replays it
+    // once it committed.
+    let held = tokio::spawn(send("k-busy", Some("x-hold")));
+    entered.notified().await;
+    let busy = send("k-busy", None).await.unwrap();
+    assert_eq!(busy.status(), 409);
+    assert!(busy.headers().contains_key("retry-after"));
+    gate.add_permits(1);
+    assert_eq!(held.await.unwrap().unwrap().status(), 201);
+    let replayed = send("k-busy", None).await.unwrap();
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+
+    // Clients that give up at any point, even while the key is being claimed, leave nothing
+    // behind that blocks the retry: it is accepted at once, not after the lease (60 s).
+    for patience in 1..=20 {
+        let request = http.post(&url).header("idempotency-key", format!("{run}-k-impatient"));
+        let _ = request.timeout(Duration::from_millis(patience)).send().await;
+    }
+    eventually("an impatient client's retry to be accepted", async || {
+        (send("k-impatient", None).await.unwrap().status() == 201).then_some(())
+    })
+    .await;
+    assert_eq!(rows(&pool, &table, "k-impatient").await, 1);
     gate.add_permits(1);
     service.stop().await;
     let _ = sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))

@@ -4,6 +4,7 @@
 use axum::Router;
 use axum::routing::get;
 use chassis::Context;
+use chassis::messaging::{Bus, Event, Incoming, Message};
 use chassis::testing::{OtlpReceiver, options, spawn_with};
 use http::StatusCode;
 
@@ -19,7 +20,12 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
             .set("service.name", "otlp-test")
             .set("telemetry.sampling_ratio", 1.0)
     });
-    let service = spawn_with(options, |_: Context<()>| async {
+    let service = spawn_with(options, |ctx: Context<()>| async move {
+        // Every attempt fails: the message is dead-lettered.
+        ctx.subscribe("doomed", |_: Incoming<Doomed>| async {
+            Err::<(), _>("the card was declined")
+        })
+        .await?;
         Ok(Router::new()
             .route("/users/{id}", get(|| async { "user" }))
             .route("/fail", get(|| async { StatusCode::BAD_GATEWAY }))
@@ -32,7 +38,15 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
                     tokio::spawn(work.in_current_span()).await.unwrap();
                     "spawned"
                 }),
-            ))
+            )
+            .route(
+                "/doom",
+                get(|axum::extract::State(bus): axum::extract::State<Bus>| async move {
+                    bus.publish(&Doomed).await.unwrap();
+                    "published"
+                }),
+            )
+            .with_state(ctx.bus().clone()))
     })
     .await;
 
@@ -58,6 +72,19 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
         .send()
         .await
         .unwrap();
+    let doomed_trace = "6df92f3577b34da6a3ce929d0e0e4738";
+    client
+        .get(format!("http://{}/doom", service.http_addr()))
+        .header("traceparent", format!("00-{doomed_trace}-{parent_id}-01"))
+        .send()
+        .await
+        .unwrap();
+    let dead_lettered = format!("http://{}/dead-letters/doomed", service.admin_addr());
+    chassis::testing::eventually("the message to be dead-lettered", async || {
+        let letters: Vec<serde_json::Value> = client.get(&dead_lettered).send().await.ok()?.json().await.ok()?;
+        (!letters.is_empty()).then_some(())
+    })
+    .await;
     // Stopping flushes the batch.
     service.stop().await;
 
@@ -87,4 +114,24 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
     assert_eq!(failed.parent_span_id, "", "no traceparent: a new root");
     assert_ne!(failed.trace_id, trace_id);
     assert_eq!(failed.status_code, ERROR, "5xx marks the server span as an error");
+
+    let process = receiver.wait_for(|s| s.name == "process test.doomed").await;
+    assert_eq!(
+        process.trace_id, doomed_trace,
+        "the consumer continues the publisher's trace"
+    );
+    assert_eq!(
+        process.status_code, ERROR,
+        "a dead-lettered message marks its span as an error"
+    );
+    assert_eq!(process.attributes["error.type"], "dead_lettered");
 }
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Doomed;
+
+impl Message for Doomed {
+    const TYPE: &'static str = "test.doomed";
+}
+
+impl Event for Doomed {}

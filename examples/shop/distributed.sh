@@ -5,8 +5,10 @@
 #   bash examples/shop/distributed.sh            # run until Ctrl-C; logs in target/shop-logs/
 #   bash examples/shop/distributed.sh --smoke    # start, place an order and a checkout, stop
 #
-#   TRANSPORT=amqp|nats (default amqp)   STORE=postgres|redis (default postgres; the
-#   orchestrator's sagas always use PostgreSQL)   AMQP_URL, NATS_URL, DATABASE_URL, REDIS_URL
+#   TRANSPORT=amqp|nats (default amqp)   AMQP_URL, NATS_URL
+#   STORE=postgres|redis (default postgres): postgres keeps every service's rows, outbox, inbox,
+#   idempotent responses and sagas in PostgreSQL (DATABASE_URL; each run in a schema of its own);
+#   redis keeps the state in memory with idempotency keys and processed ids in Redis (REDIS_URL).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -17,10 +19,8 @@ case $transport in
     nats) broker=${NATS_URL:-nats://127.0.0.1:4222} ;;
     *) echo "TRANSPORT must be amqp or nats, not $transport" >&2; exit 2 ;;
 esac
-postgres=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 case $store in
-    postgres) store_url=$postgres ;;
-    redis) store_url=${REDIS_URL:-redis://127.0.0.1:6379} ;;
+    postgres | redis) ;;
     *) echo "STORE must be postgres or redis, not $store" >&2; exit 2 ;;
 esac
 smoke=false
@@ -31,8 +31,17 @@ cargo build -q $(printf -- '-p shop-%s ' "${services[@]}")
 bin=${CARGO_TARGET_DIR:-target}/debug
 logs=${CARGO_TARGET_DIR:-target}/shop-logs
 mkdir -p "$logs"
-# A namespace per run: queues and streams of earlier runs stay out of the way.
+# A namespace per run: queues, streams and tables of earlier runs stay out of the way.
 namespace=shop-$(date +%s)
+if [[ $store == postgres ]]; then
+    database=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+    schema=${namespace//-/_}
+    psql -q "$database" -c "CREATE SCHEMA $schema"
+    [[ $database == *\?* ]] && separator='&' || separator='?'
+    stateful=(APP__POSTGRES__URL="$database${separator}options=-c%20search_path%3D$schema")
+else
+    stateful=(APP__STORE__KIND=redis APP__REDIS__URL="${REDIS_URL:-redis://127.0.0.1:6379}")
+fi
 
 pids=()
 stop_all() {
@@ -54,12 +63,11 @@ run() {
         "$@" "$bin/shop-$name" >"$logs/$name.log" 2>&1 &
     pids+=($!)
 }
-stateful=(APP__STORE__KIND="$store" APP__STORE__URL="$store_url")
 run orders 1 "${stateful[@]}"
 run inventory 2 "${stateful[@]}"
 run payments 3 "${stateful[@]}"
 run notifications 4 "${stateful[@]}"
-run orchestrator 5 APP__STORE__KIND=postgres APP__STORE__URL="$postgres" \
+run orchestrator 5 "${stateful[@]}" \
     APP__CLIENTS__INVENTORY__BASE_URL=http://127.0.0.1:8082 \
     APP__CLIENTS__PAYMENTS__BASE_URL=http://127.0.0.1:8083
 run gateway 0 \

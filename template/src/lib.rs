@@ -1,7 +1,9 @@
 //! {{description}}
 
 use std::sync::Arc;
+{%- if idempotency_store != "postgres" %}
 use std::sync::atomic::{AtomicU64, Ordering};
+{%- endif %}
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -9,12 +11,21 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chassis::Context;
-{%- if messaging != "none" %}
+{%- if messaging != "none" or idempotency_store == "postgres" %}
 use chassis::http::Problem;
 {%- endif %}
+{%- if idempotency_store == "postgres" %}
+use chassis::idempotency::{IdempotencyConfig, IdempotencyLayer, PostgresStore};
+{%- else %}
 use chassis::idempotency::{IdempotencyConfig, IdempotencyLayer, IdempotencyStore};
-{%- if messaging != "none" %}
+{%- endif %}
+{%- if messaging != "none" and idempotency_store == "postgres" %}
+use chassis::messaging::{Event, Incoming, Message};
+{%- elsif messaging != "none" %}
 use chassis::messaging::{Bus, Event, Incoming, Message};
+{%- endif %}
+{%- if idempotency_store == "postgres" %}
+use chassis::storage::Transaction;
 {%- endif %}
 use serde::{Deserialize, Serialize};
 
@@ -25,29 +36,25 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     /// Greeting used by `GET /hello/{name}`.
     pub greeting: String,
-{%- if idempotency_store == "redis" %}
-    /// Redis holding the idempotency keys.
-    pub redis_url: String,
-{%- endif %}
-{%- if idempotency_store == "postgres" %}
-    /// PostgreSQL holding the idempotency keys.
-    pub database_url: String,
-{%- endif %}
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             greeting: "Hello".into(),
-{%- if idempotency_store == "redis" %}
-            redis_url: "redis://127.0.0.1:6379".into(),
-{%- endif %}
-{%- if idempotency_store == "postgres" %}
-            database_url: "postgres://postgres@127.0.0.1:5432/test".into(),
-{%- endif %}
         }
     }
 }
+{%- if idempotency_store == "postgres" %}
+
+/// The service's tables, created at start (under the chassis' migration lock, so replicas
+/// starting together take turns).
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS orders (
+    id         BIGSERIAL   PRIMARY KEY,
+    item       TEXT        NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)";
+{%- endif %}
 {%- if messaging != "none" %}
 
 /// Published when an order is placed; every subscribed group gets it.
@@ -68,9 +75,15 @@ impl Event for OrderPlaced {}
 #[derive(Clone)]
 struct AppState {
     greeting: Arc<str>,
+{%- if idempotency_store == "postgres" %}
+{%- if messaging != "none" %}
+    outbox: chassis::outbox::Outbox,
+{%- endif %}
+{%- else %}
     orders: Arc<AtomicU64>,
 {%- if messaging != "none" %}
     bus: Bus,
+{%- endif %}
 {%- endif %}
 {%- if downstream_client %}
     downstream: chassis::client::Client,
@@ -101,6 +114,53 @@ struct Order {
     item: String,
 }
 
+{%- if idempotency_store == "postgres" %}
+/// Creates an order. Guarded by `Idempotency-Key` in transactional mode: the order row, the
+/// stored response{% if messaging != "none" %} and `OrderPlaced` (through the outbox){% endif %} commit in one
+/// transaction, so a retried, cancelled or failed request takes effect once or not at all.
+async fn place_order(
+    State(state): State<AppState>,
+    tx: Transaction,
+    Json(order): Json<NewOrder>,
+) -> axum::response::Response {
+    let placed = async {
+        let mut connection = tx.lock().await.map_err(|e| e.to_string())?;
+        let id: i64 = sqlx::query_scalar("INSERT INTO orders (item) VALUES ($1) RETURNING id")
+            .bind(&order.item)
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(|e| e.to_string())?;
+{%- if messaging != "none" %}
+        let event = OrderPlaced {
+            order_id: id as u64,
+            item: order.item.clone(),
+        };
+        let added = state.outbox.add(&mut connection, &event).await;
+        added.map_err(|e| e.to_string())?;
+{%- else %}
+        let _ = &state;
+{%- endif %}
+        Ok::<_, String>(id as u64)
+    }
+    .await;
+    match placed {
+        Ok(id) => {
+            let order = Order {
+                id,
+                item: order.item,
+            };
+            (StatusCode::CREATED, Json(order)).into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "placing the order failed");
+            // A 5xx rolls the transaction back and frees the key: the retry runs afresh.
+            let title = "Could not record the order; try again";
+            let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "order-not-placed", title);
+            problem.with_detail(error).into_response()
+        }
+    }
+}
+{%- else %}
 /// Creates an order. Guarded by `Idempotency-Key`: a retried request gets the first answer.
 async fn place_order(
     State(state): State<AppState>,
@@ -125,6 +185,7 @@ async fn place_order(
     };
     (StatusCode::CREATED, Json(order)).into_response()
 }
+{%- endif %}
 {%- if downstream_client %}
 
 /// Calls the downstream service's `/health/live` through the chassis client (tracing, retries,
@@ -139,36 +200,42 @@ async fn downstream(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 {%- endif %}
-
-/// The store of idempotency keys{% if idempotency_store != "memory" %}, its readiness check registered{% endif %}.
 {%- if idempotency_store == "redis" %}
-async fn idempotency_store(ctx: &Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
-    let url = &ctx.settings().redis_url;
-    let store = chassis::idempotency::RedisStore::connect(url, env!("CARGO_PKG_NAME")).await?;
-    ctx.health().register(store.health_check());
+
+/// The store of idempotency keys: the chassis' `[redis]` connection.
+fn idempotency_store(ctx: &Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
+    let namespace = env!("CARGO_PKG_NAME");
+    let store = chassis::idempotency::RedisStore::from_connection(ctx.redis()?, namespace);
     Ok(Arc::new(store))
 }
-{%- elsif idempotency_store == "postgres" %}
-async fn idempotency_store(ctx: &Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
-    let store = chassis::idempotency::PostgresStore::connect(&ctx.settings().database_url).await?;
-    store.migrate().await?;
-    ctx.health().register(store.health_check());
-    Ok(Arc::new(store))
-}
-{%- else %}
-async fn idempotency_store(_: &Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
+{%- elsif idempotency_store == "memory" %}
+
+/// The store of idempotency keys.
+fn idempotency_store(_: &Context<Settings>) -> chassis::Result<Arc<dyn IdempotencyStore>> {
     Ok(Arc::new(chassis::idempotency::MemoryStore::default()))
 }
 {%- endif %}
 
-/// Builds the service: registers its health checks and subscriptions, returns its routes.
+/// Builds the service: registers its subscriptions, returns its routes.
 pub async fn init(ctx: Context<Settings>) -> chassis::Result<Router> {
     let settings = ctx.settings().clone();
+{%- if idempotency_store == "postgres" %}
+    // `[postgres]`: the runtime connected the pool, created the chassis' tables and registered
+    // the `postgres:connections` readiness check.
+    let pool = ctx.postgres()?.clone();
+    chassis::storage::migrate(&pool, &[SCHEMA]).await?;
+{%- endif %}
     let state = AppState {
         greeting: settings.greeting.as_str().into(),
+{%- if idempotency_store == "postgres" %}
+{%- if messaging != "none" %}
+        outbox: ctx.outbox()?,
+{%- endif %}
+{%- else %}
         orders: Arc::default(),
 {%- if messaging != "none" %}
         bus: ctx.bus().clone(),
+{%- endif %}
 {%- endif %}
 {%- if downstream_client %}
         downstream: ctx.client("downstream")?,
@@ -176,6 +243,19 @@ pub async fn init(ctx: Context<Settings>) -> chassis::Result<Router> {
     };
 
 {%- if messaging != "none" %}
+{%- if idempotency_store == "postgres" %}
+
+    // Every group subscribed to OrderPlaced gets each one; this is the service's own audit log.
+    // The inbox records each message in the handler's transaction: a redelivery is skipped.
+    let audit = ctx.inbox()?.handler(
+        "{{crate_name}}-audit:order.placed",
+        |incoming: Incoming<OrderPlaced>, _tx: Transaction| async move {
+            tracing::info!(order_id = incoming.message.order_id, item = %incoming.message.item, "order placed");
+            Ok::<_, std::convert::Infallible>(())
+        },
+    );
+    ctx.subscribe("{{crate_name}}-audit", audit).await?;
+{%- else %}
 
     // Every group subscribed to OrderPlaced gets each one; this is the service's own audit log.
     ctx.subscribe("{{crate_name}}-audit", |incoming: Incoming<OrderPlaced>| async move {
@@ -184,9 +264,15 @@ pub async fn init(ctx: Context<Settings>) -> chassis::Result<Router> {
     })
     .await?;
 {%- endif %}
+{%- endif %}
 
-    let store = idempotency_store(&ctx).await?;
+{%- if idempotency_store == "postgres" %}
+    let store = PostgresStore::from_pool(pool);
+    let idempotency = IdempotencyLayer::transactional(store, IdempotencyConfig::default())?;
+{%- else %}
+    let store = idempotency_store(&ctx)?;
     let idempotency = IdempotencyLayer::new(store, IdempotencyConfig::default())?;
+{%- endif %}
     let routes = Router::new()
         .route("/hello/{name}", get(hello))
         .route("/orders", post(place_order).layer(idempotency));

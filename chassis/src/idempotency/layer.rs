@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -43,7 +44,8 @@ pub struct IdempotencyConfig {
     /// can never replay another's response. Default: none (one scope for everybody).
     pub identity_header: Option<String>,
     /// `lease`: how long a claim holds the key before a crashed request stops blocking it.
-    /// Default `"60s"`; keep it above `http.request_timeout`.
+    /// Default `"60s"`; keep it above `http.request_timeout`. Not needed by
+    /// [`IdempotencyLayer::transactional`], whose claim ends with its transaction.
     #[serde(with = "crate::config::duration")]
     pub lease: Duration,
     /// `ttl`: how long completed responses are replayed. Default `"24h"`.
@@ -167,6 +169,11 @@ impl IdempotencyLayer {
     /// or the database failed midway. Handlers take the transaction as an extractor,
     /// [`Transaction`](crate::storage::Transaction); a 5xx answer (with
     /// `release_on_server_error`) rolls it back.
+    ///
+    /// The key is claimed in that transaction too, so nothing outlives a request that did not
+    /// commit: no lease to wait out after a crash. A concurrent request with the same key waits
+    /// up to a second for the first to end (then replays its response, or runs if it rolled
+    /// back), and answers 409 after that.
     ///
     /// ```no_run
     /// # async fn demo(ctx: chassis::Context<()>) -> chassis::Result<axum::Router> {
@@ -298,12 +305,6 @@ struct ClaimGuard {
 }
 
 impl ClaimGuard {
-    /// The claim ended the way its owner meant (committed in the handler's transaction).
-    #[cfg(feature = "postgres")]
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-
     async fn release(mut self) {
         self.armed = false;
         if let Err(error) = self.store.release(&self.key, &self.token).await {
@@ -445,60 +446,16 @@ where
     hasher.update(&body);
     let fingerprint = hex(&hasher.finalize());
 
-    let token = match shared.store.begin(&store_key, &fingerprint, config.lease).await {
-        Err(error) => return Ok(store_unavailable(&error)),
-        Ok(Begin::Completed(stored)) => {
-            count("replayed");
-            tracing::info!(idempotency_key = %key, status = stored.status, "replaying the stored response");
-            return Ok(replay(stored));
-        }
-        Ok(Begin::InFlight { lease_left }) => {
-            count("conflict");
-            tracing::info!(idempotency_key = %key, "request with this key still in flight");
-            return Ok(Problem::new(
-                StatusCode::CONFLICT,
-                "idempotency-key-in-use",
-                "Request with this Idempotency-Key in progress",
-            )
-            .with_detail("a request with the same key is still being processed; retry after it completes")
-            .with_retry_after(lease_left.clamp(Duration::from_secs(1), Duration::from_secs(5)))
-            .into_response());
-        }
-        Ok(Begin::Mismatch) => {
-            count("mismatch");
-            tracing::warn!(idempotency_key = %key, "idempotency key reused with a different request");
-            return Ok(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "Idempotency-Key reused with a different request",
-            )
-            .with_detail("this key was used for a request with another method, path or body; use a new key")
-            .into_response());
-        }
-        Ok(Begin::Claimed { token }) => token,
-    };
-    count("new");
-    let guard = ClaimGuard {
-        store: shared.store.clone(),
-        key: store_key,
-        token,
-        armed: true,
-    };
     #[cfg(feature = "postgres")]
     if let Some(store) = &shared.transactional {
-        let mut parts = parts;
-        let transaction = match store.pool().begin().await {
-            Ok(transaction) => crate::storage::Transaction::new(transaction),
-            Err(error) => {
-                guard.release().await;
-                return Ok(store_unavailable(&error));
-            }
-        };
-        parts.extensions.insert(transaction.clone());
-        let response = inner.oneshot(Request::from_parts(parts, Body::from(body))).await?;
-        let transaction = transaction.finish().await;
-        return Ok(commit(&shared, store, guard, &key, transaction, response).await);
+        let request = Request::from_parts(parts, Body::from(body));
+        return transactional(inner, &shared, store, request, &key, store_key, &fingerprint).await;
     }
+    let guard = match claim(&shared, store_key, fingerprint, &key).await {
+        ControlFlow::Continue(guard) => guard,
+        ControlFlow::Break(answer) => return Ok(answer),
+    };
+    count("new");
     let request = Request::from_parts(parts, Body::from(body));
     let response = inner.oneshot(request).await?;
     if response.status().is_server_error() && config.release_on_server_error {
@@ -522,6 +479,127 @@ where
     let stream =
         futures_util::stream::once(async move { Ok::<_, axum::Error>(collected) }).chain(rest.into_data_stream());
     Ok(Response::from_parts(parts, Body::from_stream(stream)))
+}
+
+/// Claims `store_key` in a task of its own, so a request cancelled while the store is
+/// answering cannot leave a claim nobody releases: the claim comes back to the task, whose
+/// guard releases it.
+async fn claim(
+    shared: &Shared,
+    store_key: String,
+    fingerprint: String,
+    key: &str,
+) -> ControlFlow<Response, ClaimGuard> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (store, lease) = (shared.store.clone(), shared.config.lease);
+    tokio::spawn(async move {
+        let claimed = match store.begin(&store_key, &fingerprint, lease).await {
+            Ok(Begin::Claimed { token }) => Ok(ClaimGuard {
+                store,
+                key: store_key,
+                token,
+                armed: true,
+            }),
+            other => Err(other),
+        };
+        // Sent back to a request that is gone, the guard is dropped here and releases the key.
+        let _ = sender.send(claimed);
+    });
+    match receiver.await {
+        Ok(Ok(guard)) => ControlFlow::Continue(guard),
+        Ok(Err(begun)) => ControlFlow::Break(
+            claimed(begun, key)
+                .break_value()
+                .unwrap_or_else(|| store_unavailable(&"the store answered a claim without a token")),
+        ),
+        Err(_) => ControlFlow::Break(store_unavailable(&"the store's claim panicked")),
+    }
+}
+
+/// The claim's token, or the answer when the key is not this request's to run: the stored
+/// response, 409 while another request holds it, 422 for another request under the same key,
+/// 503 when the store failed.
+fn claimed(begun: Result<Begin, super::StoreError>, key: &str) -> ControlFlow<Response, String> {
+    ControlFlow::Break(match begun {
+        Ok(Begin::Claimed { token }) => return ControlFlow::Continue(token),
+        Err(error) => store_unavailable(&error),
+        Ok(Begin::Completed(stored)) => {
+            count("replayed");
+            tracing::info!(idempotency_key = %key, status = stored.status, "replaying the stored response");
+            replay(stored)
+        }
+        Ok(Begin::InFlight { lease_left }) => {
+            count("conflict");
+            tracing::info!(idempotency_key = %key, "request with this key still in flight");
+            Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-in-use",
+                "Request with this Idempotency-Key in progress",
+            )
+            .with_detail("a request with the same key is still being processed; retry after it completes")
+            .with_retry_after(lease_left.clamp(Duration::from_secs(1), Duration::from_secs(5)))
+            .into_response()
+        }
+        Ok(Begin::Mismatch) => {
+            count("mismatch");
+            tracing::warn!(idempotency_key = %key, "idempotency key reused with a different request");
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused with a different request",
+            )
+            .with_detail("this key was used for a request with another method, path or body; use a new key")
+            .into_response()
+        }
+    })
+}
+
+/// How long a transactional request waits for a concurrent one with the same key to end
+/// before answering 409.
+#[cfg(feature = "postgres")]
+const CONCURRENT_WAIT: Duration = Duration::from_secs(1);
+
+/// A request in transactional mode: the key is claimed in the transaction the handler writes
+/// its effect in, and the stored response is written there too; all of it commits together or
+/// none of it does.
+#[cfg(feature = "postgres")]
+async fn transactional<S>(
+    inner: S,
+    shared: &Shared,
+    store: &super::PostgresStore,
+    request: Request<Body>,
+    key: &str,
+    store_key: String,
+    fingerprint: &str,
+) -> Result<Response, S::Error>
+where
+    S: Service<Request<Body>, Response = Response>,
+{
+    let mut transaction = match store.pool().begin().await {
+        Ok(transaction) => transaction,
+        Err(error) => return Ok(store_unavailable(&error)),
+    };
+    let begun = store
+        .claim_in(
+            &mut transaction,
+            &store_key,
+            fingerprint,
+            CONCURRENT_WAIT,
+            shared.config.lease,
+        )
+        .await;
+    let token = match claimed(begun, key) {
+        ControlFlow::Continue(token) => token,
+        // Dropping the transaction rolls it back.
+        ControlFlow::Break(answer) => return Ok(answer),
+    };
+    count("new");
+    let transaction = crate::storage::Transaction::new(transaction);
+    let (mut parts, body) = request.into_parts();
+    parts.extensions.insert(transaction.clone());
+    let response = inner.oneshot(Request::from_parts(parts, body)).await?;
+    let transaction = transaction.finish().await;
+    Ok(commit(shared, store, &store_key, &token, key, transaction, response).await)
 }
 
 /// The response as it is kept for replay.
@@ -556,12 +634,13 @@ fn store_unavailable(error: &dyn std::fmt::Display) -> Response {
 }
 
 /// Finishes a transactional request: the stored response is written in the handler's
-/// transaction and both commit, or the transaction is rolled back and the key released.
+/// transaction and both commit, or the transaction is rolled back, taking the claim with it.
 #[cfg(feature = "postgres")]
 async fn commit(
     shared: &Shared,
     store: &super::PostgresStore,
-    guard: ClaimGuard,
+    store_key: &str,
+    token: &str,
     key: &str,
     transaction: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
     response: Response,
@@ -569,12 +648,10 @@ async fn commit(
     let config = &shared.config;
     let Some(mut transaction) = transaction else {
         // Not reachable: only this layer finishes the transaction it opened.
-        guard.release().await;
         return Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error").into_response();
     };
     if response.status().is_server_error() && config.release_on_server_error {
         let _ = transaction.rollback().await;
-        guard.release().await;
         return response;
     }
     let (parts, body) = response.into_parts();
@@ -583,7 +660,6 @@ async fn commit(
     if rest.is_some() {
         // The effect cannot commit without a record a retry could replay.
         let _ = transaction.rollback().await;
-        guard.release().await;
         tracing::error!(
             idempotency_key = %key,
             limit,
@@ -594,12 +670,12 @@ async fn commit(
     let record = stored(shared, &parts, &collected);
     let committed = async {
         let current = store
-            .complete_in(&mut transaction, &guard.key, &guard.token, &record, config.ttl)
+            .complete_in(&mut transaction, store_key, token, &record, config.ttl)
             .await?;
         if !current {
             return Err(super::StoreError::new(
                 "postgres",
-                "the claim expired while the request ran (idempotency.lease); another request may hold the key now",
+                "the claim was not found in the request's own transaction",
             ));
         }
         transaction
@@ -609,14 +685,8 @@ async fn commit(
     }
     .await;
     match committed {
-        Ok(()) => {
-            guard.disarm();
-            Response::from_parts(parts, Body::from(collected))
-        }
-        Err(error) => {
-            guard.release().await;
-            store_unavailable(&error)
-        }
+        Ok(()) => Response::from_parts(parts, Body::from(collected)),
+        Err(error) => store_unavailable(&error),
     }
 }
 

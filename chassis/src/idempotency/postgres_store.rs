@@ -66,7 +66,9 @@ impl PostgresStore {
 
     /// Creates the tables if they do not exist ([`MIGRATION`]).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::raw_sql(MIGRATION).execute(&self.pool).await.map_err(error)?;
+        crate::storage::postgres::migrate(&self.pool, &[MIGRATION])
+            .await
+            .map_err(error)?;
         Ok(())
     }
 
@@ -80,6 +82,35 @@ impl PostgresStore {
             Duration::ZERO,
         )
         .await
+    }
+
+    /// Claims `key` inside `connection`'s transaction, so the claim commits with the request's
+    /// effect or vanishes with it: a request that is cancelled, fails or dies holds nothing
+    /// afterwards, and no lease is needed. A concurrent request with the same key waits up to
+    /// `wait` for the first to end (then sees its record, or claims the key if it rolled back),
+    /// and after that answers [`Begin::InFlight`]. After anything but [`Begin::Claimed`], roll
+    /// the transaction back.
+    pub(crate) async fn claim_in(
+        &self,
+        connection: &mut PgConnection,
+        key: &str,
+        fingerprint: &str,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        let token = new_token();
+        let claimed = crate::storage::postgres::with_lock_timeout(&mut *connection, wait, async |connection| {
+            claim_query(key, fingerprint, &token, lease)
+                .fetch_optional(connection)
+                .await
+        })
+        .await;
+        match claimed {
+            Ok(Some(_)) => Ok(Begin::Claimed { token }),
+            Ok(None) => existing(connection, key, fingerprint).await,
+            Err(error) if crate::storage::postgres::is_lock_timeout(&error) => Ok(Begin::InFlight { lease_left: wait }),
+            Err(other) => Err(error(other)),
+        }
     }
 
     /// Records the response of the claim `token` on `key` inside `connection`'s transaction;
@@ -129,6 +160,68 @@ impl PostgresStore {
     }
 }
 
+/// Claims `key` unless a live claim or a completed record holds it; answers the new token.
+fn claim_query<'q>(
+    key: &'q str,
+    fingerprint: &'q str,
+    token: &'q str,
+    lease: Duration,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(
+        "INSERT INTO chassis_idempotency AS i (key, fingerprint, token, state, expires_at)
+         VALUES ($1, $2, $3, 'in_flight', now() + $4 * interval '1 millisecond')
+         ON CONFLICT (key) DO UPDATE
+           SET fingerprint = EXCLUDED.fingerprint, token = EXCLUDED.token, state = 'in_flight',
+               status = NULL, headers = NULL, body = NULL, expires_at = EXCLUDED.expires_at
+           WHERE i.expires_at <= now()
+         RETURNING token",
+    )
+    .bind(key)
+    .bind(fingerprint)
+    .bind(token)
+    .bind(millis(lease))
+}
+
+/// What holds `key` when a claim did not win it: a completed record, a claim in flight, or a
+/// request with another fingerprint.
+async fn existing<'e>(executor: impl sqlx::PgExecutor<'e>, key: &str, fingerprint: &str) -> Result<Begin, StoreError> {
+    let row = sqlx::query(
+        "SELECT fingerprint, state, status, headers, body,
+                GREATEST(0, (EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::BIGINT) AS left_ms
+         FROM chassis_idempotency WHERE key = $1",
+    )
+    .bind(key)
+    .fetch_optional(executor)
+    .await
+    .map_err(error)?;
+    let Some(row) = row else {
+        // Released between the two statements: report it busy for a moment; the client's
+        // retry claims it.
+        return Ok(Begin::InFlight {
+            lease_left: Duration::from_millis(100),
+        });
+    };
+    let stored: String = row.try_get("fingerprint").map_err(error)?;
+    if stored != fingerprint {
+        return Ok(Begin::Mismatch);
+    }
+    let state: String = row.try_get("state").map_err(error)?;
+    if state == "done" {
+        let status: i32 = row.try_get("status").map_err(error)?;
+        let headers: Option<String> = row.try_get("headers").map_err(error)?;
+        let body: Option<Vec<u8>> = row.try_get("body").map_err(error)?;
+        return Ok(Begin::Completed(StoredResponse {
+            status: u16::try_from(status).map_err(error)?,
+            headers: StoredResponse::decode_headers(headers.as_deref().unwrap_or("[]")),
+            body: body.unwrap_or_default(),
+        }));
+    }
+    let left: i64 = row.try_get("left_ms").map_err(error)?;
+    Ok(Begin::InFlight {
+        lease_left: Duration::from_millis(left.max(0) as u64),
+    })
+}
+
 impl IdempotencyStore for PostgresStore {
     fn begin<'a>(
         &'a self,
@@ -138,60 +231,14 @@ impl IdempotencyStore for PostgresStore {
     ) -> BoxFuture<'a, Result<Begin, StoreError>> {
         Box::pin(async move {
             let token = new_token();
-            let claimed = sqlx::query(
-                "INSERT INTO chassis_idempotency AS i (key, fingerprint, token, state, expires_at)
-                 VALUES ($1, $2, $3, 'in_flight', now() + $4 * interval '1 millisecond')
-                 ON CONFLICT (key) DO UPDATE
-                   SET fingerprint = EXCLUDED.fingerprint, token = EXCLUDED.token, state = 'in_flight',
-                       status = NULL, headers = NULL, body = NULL, expires_at = EXCLUDED.expires_at
-                   WHERE i.expires_at <= now()
-                 RETURNING token",
-            )
-            .bind(key)
-            .bind(fingerprint)
-            .bind(&token)
-            .bind(millis(lease))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(error)?;
+            let claimed = claim_query(key, fingerprint, &token, lease)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(error)?;
             if claimed.is_some() {
                 return Ok(Begin::Claimed { token });
             }
-            let row = sqlx::query(
-                "SELECT fingerprint, state, status, headers, body,
-                        GREATEST(0, (EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::BIGINT) AS left_ms
-                 FROM chassis_idempotency WHERE key = $1",
-            )
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(error)?;
-            let Some(row) = row else {
-                // Released between the two statements: report it busy for a moment; the
-                // client's retry claims it.
-                return Ok(Begin::InFlight {
-                    lease_left: Duration::from_millis(100),
-                });
-            };
-            let stored: String = row.try_get("fingerprint").map_err(error)?;
-            if stored != fingerprint {
-                return Ok(Begin::Mismatch);
-            }
-            let state: String = row.try_get("state").map_err(error)?;
-            if state == "done" {
-                let status: i32 = row.try_get("status").map_err(error)?;
-                let headers: Option<String> = row.try_get("headers").map_err(error)?;
-                let body: Option<Vec<u8>> = row.try_get("body").map_err(error)?;
-                return Ok(Begin::Completed(StoredResponse {
-                    status: u16::try_from(status).map_err(error)?,
-                    headers: StoredResponse::decode_headers(headers.as_deref().unwrap_or("[]")),
-                    body: body.unwrap_or_default(),
-                }));
-            }
-            let left: i64 = row.try_get("left_ms").map_err(error)?;
-            Ok(Begin::InFlight {
-                lease_left: Duration::from_millis(left.max(0) as u64),
-            })
+            existing(&self.pool, key, fingerprint).await
         })
     }
 

@@ -80,13 +80,19 @@ impl RedisStore {
         let connection = ConnectionManager::new(client)
             .await
             .map_err(|e| error(format!("cannot connect to {url}: {e}")))?;
-        Ok(Self {
+        Ok(Self::from_connection(connection, namespace))
+    }
+
+    /// Uses an existing connection (the service's own, `Context::redis`); keys are stored as
+    /// `{namespace}:idempotency:{key}`.
+    pub fn from_connection(connection: ConnectionManager, namespace: &str) -> Self {
+        Self {
             connection,
             prefix: format!("{namespace}:idempotency:"),
             begin: Script::new(BEGIN),
             complete: Script::new(COMPLETE),
             release: Script::new(RELEASE),
-        })
+        }
     }
 
     fn key(&self, key: &str) -> String {

@@ -1,5 +1,6 @@
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
@@ -15,9 +16,6 @@ use super::{
     Acker, DeadLetter, Delivery, Kind, MessagingConfig, MessagingError, Outgoing, RawMessage, Subscription, Transport,
 };
 
-/// How long a publish waits for a dropped connection to come back before failing.
-const RECOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
-
 fn error(e: impl std::fmt::Display) -> MessagingError {
     MessagingError::transport("amqp", e)
 }
@@ -29,9 +27,13 @@ fn error(e: impl std::fmt::Display) -> MessagingError {
 /// consumer. Unacknowledged messages of a consumer that goes away are requeued by the broker,
 /// which counts the deliveries (`x-delivery-count`): past `messaging.max_deliveries` the
 /// chassis dead-letters the message, and the queue's own `x-delivery-limit`, one higher, sends
-/// it to the dead letters should even that delivery never be acknowledged. After the broker
-/// drops the connection, lapin's auto-recovery reopens it with its channels and consumers; an
-/// interrupted publish is sent again once it is back.
+/// it to the dead letters should even that delivery never be acknowledged.
+///
+/// A lost connection is opened again by whoever needs it next: a publish waits for it (within
+/// `messaging.publish_timeout`) and sends again what was not confirmed; a consumer's
+/// subscription ends, and the chassis' supervisor subscribes again with backoff on the new
+/// connection. What was delivered but not acknowledged is requeued by the broker and comes
+/// again (the inbox drops what was already applied).
 ///
 /// Quorum queues need RabbitMQ 3.8 or later; a classic queue of the same name left by an older
 /// version of the chassis must be deleted (or another `messaging.namespace` used).
@@ -42,39 +44,47 @@ fn error(e: impl std::fmt::Display) -> MessagingError {
 /// # let _ = transport; Ok(()) }
 /// ```
 pub struct AmqpTransport {
-    connection: Connection,
-    publisher: Channel,
+    url: String,
     namespace: String,
     max_deliveries: u32,
+    /// How long a publish waits for its confirmation, a lost connection's reopening included.
+    publish_timeout: Duration,
+    link: Mutex<Arc<Link>>,
+    /// Held while the connection is opened again, so callers that find it lost open one.
+    reconnecting: tokio::sync::Mutex<()>,
     declared: Mutex<HashSet<String>>,
 }
 
-impl std::fmt::Debug for AmqpTransport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpTransport")
-            .field("namespace", &self.namespace)
-            .finish_non_exhaustive()
-    }
+/// A connection and its publishing channel (publisher confirms on), replaced together when
+/// the connection is lost.
+struct Link {
+    connection: Connection,
+    publisher: Channel,
 }
 
-impl AmqpTransport {
-    /// Connects to `url` and declares the exchanges.
-    pub async fn connect(url: &str, config: &MessagingConfig) -> Result<Self, MessagingError> {
-        // Auto-recovery reopens the connection, channels, queues and consumers after the broker
-        // drops them; publishing and consuming wait for it (see `wait_for_recovery` below).
+/// The longest wait for the broker to open a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Link {
+    /// Connects to `url` and declares the namespace's exchanges.
+    async fn open(url: &str, namespace: &str) -> Result<Self, MessagingError> {
         let properties = ConnectionProperties::default()
             // Shown by the management UI and `rabbitmqctl list_connections client_properties`.
-            .with_connection_name(LongString::from(format!("chassis {}", config.namespace)))
-            .enable_auto_recover();
-        let connection = Connection::connect(url, properties)
+            .with_connection_name(LongString::from(format!("chassis {namespace}")));
+        let where_to = without_credentials(url);
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
             .await
-            .map_err(|e| error(format!("cannot connect to {url}: {e}")))?;
+            .map_err(|_| {
+                error(format!(
+                    "cannot connect to {where_to}: no answer within {CONNECT_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|e| error(format!("cannot connect to {where_to}: {e}")))?;
         let publisher = connection.create_channel().await.map_err(error)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(error)?;
-        let namespace = config.namespace.clone();
         for (exchange, kind) in [
             (format!("{namespace}.events"), ExchangeKind::Topic),
             (format!("{namespace}.commands"), ExchangeKind::Direct),
@@ -93,13 +103,66 @@ impl AmqpTransport {
                 .await
                 .map_err(|e| error(format!("cannot declare exchange {exchange}: {e}")))?;
         }
+        Ok(Self { connection, publisher })
+    }
+
+    fn usable(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
+/// `url` without the user and password, for messages.
+fn without_credentials(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for AmqpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpTransport")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpTransport {
+    /// Connects to `url` and declares the exchanges.
+    pub async fn connect(url: &str, config: &MessagingConfig) -> Result<Self, MessagingError> {
+        let link = Link::open(url, &config.namespace).await?;
         Ok(Self {
-            connection,
-            publisher,
-            namespace,
+            url: url.to_owned(),
+            namespace: config.namespace.clone(),
             max_deliveries: config.max_deliveries,
+            publish_timeout: config.publish_timeout,
+            link: Mutex::new(Arc::new(link)),
+            reconnecting: tokio::sync::Mutex::new(()),
             declared: Mutex::new(HashSet::new()),
         })
+    }
+
+    fn current(&self) -> Arc<Link> {
+        self.link.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The connection, opened again first when it was lost.
+    async fn link(&self) -> Result<Arc<Link>, MessagingError> {
+        let current = self.current();
+        if current.usable() {
+            return Ok(current);
+        }
+        let _turn = self.reconnecting.lock().await;
+        let current = self.current();
+        if current.usable() {
+            return Ok(current);
+        }
+        let link = Arc::new(Link::open(&self.url, &self.namespace).await?);
+        tracing::info!(namespace = %self.namespace, "connected to RabbitMQ again");
+        // The broker may have lost its definitions (a reset node): declare queues again.
+        self.declared.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link.clone();
+        Ok(link)
     }
 
     fn exchange(&self, kind: Kind) -> String {
@@ -179,15 +242,27 @@ impl AmqpTransport {
         Ok(())
     }
 
-    async fn publish_confirmed(&self, exchange: &str, key: &str, message: &RawMessage) -> Result<(), MessagingError> {
+    /// Publishes `message` and waits for the broker's confirmation; a publish interrupted by a
+    /// lost connection is sent again on a new one, until `messaging.publish_timeout`. The caller
+    /// only hears success after a confirmation (at least once, never lost).
+    async fn publish_confirmed(
+        &self,
+        kind: Option<Kind>,
+        exchange: &str,
+        key: &str,
+        message: &RawMessage,
+    ) -> Result<(), MessagingError> {
         let properties = properties(&message.headers);
-        // A publish interrupted by a dropped connection is sent again once the connection is
-        // back: the caller only hears success after a confirmation (at least once, never lost).
-        let deadline = tokio::time::Instant::now() + RECOVERY_WAIT;
-        let mut pause = std::time::Duration::from_millis(50);
+        let deadline = tokio::time::Instant::now() + self.publish_timeout;
+        let mut pause = Duration::from_millis(50);
         loop {
-            let result = async {
-                self.publisher
+            let attempt = async {
+                let link = self.link().await?;
+                if let Some(kind) = kind {
+                    self.declare_command_queue(&link, kind, key).await?;
+                }
+                let confirm = link
+                    .publisher
                     .basic_publish(
                         exchange.into(),
                         key.into(),
@@ -195,29 +270,36 @@ impl AmqpTransport {
                         &message.body,
                         properties.clone(),
                     )
-                    .await?
                     .await
-            }
-            .await;
+                    .map_err(error)?
+                    .await
+                    .map_err(error)?;
+                if confirm.is_nack() {
+                    return Err(error("the broker refused the message (nack)"));
+                }
+                Ok(())
+            };
+            // A broker that stalls without closing the connection must not hold the caller.
+            let Ok(result) = tokio::time::timeout_at(deadline, attempt).await else {
+                return Err(self.unconfirmed("no confirmation arrived"));
+            };
             match result {
-                Ok(confirm) if confirm.is_nack() => return Err(error("the broker refused the message (nack)")),
-                Ok(_) => return Ok(()),
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "publish interrupted; waiting for the connection to recover");
-                    // Waits for the recovery when lapin knows one is under way; the pause covers
-                    // the moments it is still reconnecting.
-                    let _ = self.publisher.wait_for_recovery(e).await;
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!(error = %e, "publish interrupted; sending it again on a new connection");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
-                Err(e) => {
-                    return Err(error(format!(
-                        "the broker did not confirm the message and the connection did not recover within {}s: {e}",
-                        RECOVERY_WAIT.as_secs()
-                    )));
-                }
+                Err(e) => return Err(self.unconfirmed(e)),
             }
         }
+    }
+
+    fn unconfirmed(&self, why: impl std::fmt::Display) -> MessagingError {
+        error(format!(
+            "the broker did not confirm the message within {:?} (messaging.publish_timeout): {why}",
+            self.publish_timeout
+        ))
     }
 }
 
@@ -274,9 +356,9 @@ fn delivery_count(properties: &BasicProperties, redelivered: bool) -> u32 {
 
 struct AmqpSubscription {
     consumer: lapin::Consumer,
-    // Kept so the channel lives as long as the subscription (closing it requeues what is
-    // unacknowledged), and to wait for its recovery after a dropped connection.
-    channel: Channel,
+    // Kept so the channel lives as long as the subscription: closing it requeues what is
+    // unacknowledged.
+    _channel: Channel,
 }
 
 struct AmqpAcker {
@@ -303,17 +385,16 @@ fn header_text(value: &AMQPValue) -> Option<String> {
 impl Subscription for AmqpSubscription {
     fn next(&mut self) -> BoxFuture<'_, Option<Result<Delivery, MessagingError>>> {
         Box::pin(async move {
-            let delivery = loop {
-                match self.consumer.next().await? {
-                    Ok(delivery) => break delivery,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "consumer interrupted; waiting for the connection to recover");
-                        // Deliveries not yet acknowledged are requeued by the broker and come again.
-                        if let Err(e) = self.channel.wait_for_recovery(e).await {
-                            return Some(Err(error(format!("the connection did not recover: {e}"))));
-                        }
-                    }
+            let delivery = match self.consumer.next().await {
+                Some(Ok(delivery)) => delivery,
+                // The channel or its connection is gone: the subscription ends, and the
+                // supervisor subscribes again on a new connection. Deliveries not yet
+                // acknowledged are requeued by the broker and come again.
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer interrupted; subscribing again");
+                    return None;
                 }
+                None => return None,
             };
             let raw = RawMessage {
                 headers: headers_of(&delivery.properties),
@@ -341,8 +422,7 @@ impl Transport for AmqpTransport {
         message: RawMessage,
     ) -> BoxFuture<'a, Result<(), MessagingError>> {
         Box::pin(async move {
-            self.declare_command_queue(kind, message_type).await?;
-            self.publish_confirmed(&self.exchange(kind), message_type, &message)
+            self.publish_confirmed(Some(kind), &self.exchange(kind), message_type, &message)
                 .await
         })
     }
@@ -354,7 +434,7 @@ impl Transport for AmqpTransport {
         group: &'a str,
     ) -> BoxFuture<'a, Result<Box<dyn Subscription>, MessagingError>> {
         Box::pin(async move {
-            let channel = self.connection.create_channel().await.map_err(error)?;
+            let channel = self.link().await?.connection.create_channel().await.map_err(error)?;
             channel.basic_qos(1, BasicQosOptions::default()).await.map_err(error)?;
             let queue = self.queue(kind, message_type, group);
             let arguments = self.consumed_queue_arguments(group);
@@ -369,7 +449,10 @@ impl Transport for AmqpTransport {
                 )
                 .await
                 .map_err(|e| error(format!("cannot consume {queue}: {e}")))?;
-            Ok(Box::new(AmqpSubscription { consumer, channel }) as Box<dyn Subscription>)
+            Ok(Box::new(AmqpSubscription {
+                consumer,
+                _channel: channel,
+            }) as Box<dyn Subscription>)
         })
     }
 
@@ -377,14 +460,21 @@ impl Transport for AmqpTransport {
         Box::pin(async move {
             // Every publish goes out on the one channel before any confirmation is awaited:
             // they reach their queues in this order.
+            let link = match self.link().await {
+                Ok(link) => link,
+                Err(e) => return (0, Some(e)),
+            };
             let mut confirms = Vec::with_capacity(messages.len());
             let mut failure = None;
             for outgoing in messages {
-                if let Err(e) = self.declare_command_queue(outgoing.kind, &outgoing.message_type).await {
+                if let Err(e) = self
+                    .declare_command_queue(&link, outgoing.kind, &outgoing.message_type)
+                    .await
+                {
                     failure = Some(e);
                     break;
                 }
-                let published = self
+                let published = link
                     .publisher
                     .basic_publish(
                         self.exchange(outgoing.kind).as_str().into(),
@@ -402,17 +492,14 @@ impl Transport for AmqpTransport {
                     }
                 }
             }
+            let deadline = tokio::time::Instant::now() + self.publish_timeout;
             let mut confirmed = 0;
             for confirm in confirms {
-                match confirm.await {
-                    Ok(confirmation) if !confirmation.is_nack() => confirmed += 1,
-                    Ok(_) => return (confirmed, Some(error("the broker refused the message (nack)"))),
-                    Err(e) => {
-                        return (
-                            confirmed,
-                            Some(error(format!("the broker did not confirm the message: {e}"))),
-                        );
-                    }
+                match tokio::time::timeout_at(deadline, confirm).await {
+                    Ok(Ok(confirmation)) if !confirmation.is_nack() => confirmed += 1,
+                    Ok(Ok(_)) => return (confirmed, Some(error("the broker refused the message (nack)"))),
+                    Ok(Err(e)) => return (confirmed, Some(self.unconfirmed(e))),
+                    Err(_) => return (confirmed, Some(self.unconfirmed("no confirmation arrived"))),
                 }
             }
             (confirmed, failure)
@@ -421,13 +508,13 @@ impl Transport for AmqpTransport {
 
     fn dead_letter<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), MessagingError>> {
         Box::pin(async move {
-            self.declare_dead_letters(&letter.group).await?;
+            self.declare_dead_letters(&*self.link().await?, &letter.group).await?;
             let message = RawMessage {
                 headers: letter.to_headers(),
                 body: letter.message.body.clone(),
             };
-            self.publish_confirmed(&format!("{}.dead-letters", self.namespace), &letter.group, &message)
-                .await
+            let exchange = format!("{}.dead-letters", self.namespace);
+            self.publish_confirmed(None, &exchange, &letter.group, &message).await
         })
     }
 
@@ -437,8 +524,9 @@ impl Transport for AmqpTransport {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, MessagingError>> {
         Box::pin(async move {
-            let channel = self.connection.create_channel().await.map_err(error)?;
-            let letters = self.take_dead_letters(&channel, group, limit).await;
+            let link = self.link().await?;
+            let channel = link.connection.create_channel().await.map_err(error)?;
+            let letters = self.take_dead_letters(&link, &channel, group, limit).await;
             // Nothing was acknowledged: closing the channel puts every one back.
             let _ = channel.close(200, "listed".into()).await;
             Ok(letters?.into_iter().map(|(_, letter)| letter).collect())
@@ -452,11 +540,12 @@ impl Transport for AmqpTransport {
         limit: usize,
     ) -> BoxFuture<'a, Result<usize, MessagingError>> {
         Box::pin(async move {
-            let channel = self.connection.create_channel().await.map_err(error)?;
+            let link = self.link().await?;
+            let channel = link.connection.create_channel().await.map_err(error)?;
             let result = async {
                 let wanted = if ids.is_empty() { limit } else { usize::MAX };
                 let mut replayed = 0;
-                for (acker, letter) in self.take_dead_letters(&channel, group, wanted).await? {
+                for (acker, letter) in self.take_dead_letters(&link, &channel, group, wanted).await? {
                     if replayed == limit || (!ids.is_empty() && !ids.contains(&letter.id)) {
                         continue;
                     }
@@ -464,7 +553,7 @@ impl Transport for AmqpTransport {
                     let queue = self.queue(letter.kind, &letter.message_type, group);
                     let mut message = letter.message.clone();
                     message.headers.push((REPLAY_GROUP.to_owned(), group.to_owned()));
-                    self.publish_confirmed("", &queue, &message).await?;
+                    self.publish_confirmed(None, "", &queue, &message).await?;
                     acker.ack(BasicAckOptions::default()).await.map_err(error)?;
                     replayed += 1;
                 }
@@ -478,28 +567,28 @@ impl Transport for AmqpTransport {
     }
 
     fn is_connected(&self) -> bool {
-        self.connection.status().connected()
+        self.current().usable()
     }
 }
 
 impl AmqpTransport {
     /// Commands wait for their handler: their queue exists before the first send.
-    async fn declare_command_queue(&self, kind: Kind, message_type: &str) -> Result<(), MessagingError> {
+    async fn declare_command_queue(&self, link: &Link, kind: Kind, message_type: &str) -> Result<(), MessagingError> {
         if kind != Kind::Command {
             return Ok(());
         }
         let queue = self.queue(kind, message_type, message_type);
         let arguments = self.consumed_queue_arguments(message_type);
         // The delivery limit dead-letters into the group's queue, which must exist.
-        self.declare_dead_letters(message_type).await?;
-        self.declare_bound(&self.publisher, &queue, &self.exchange(kind), message_type, arguments)
+        self.declare_dead_letters(link, message_type).await?;
+        self.declare_bound(&link.publisher, &queue, &self.exchange(kind), message_type, arguments)
             .await
     }
 
-    async fn declare_dead_letters(&self, group: &str) -> Result<(), MessagingError> {
+    async fn declare_dead_letters(&self, link: &Link, group: &str) -> Result<(), MessagingError> {
         let exchange = format!("{}.dead-letters", self.namespace);
         let queue = self.dead_letter_queue(group);
-        self.declare_bound(&self.publisher, &queue, &exchange, group, FieldTable::default())
+        self.declare_bound(&link.publisher, &queue, &exchange, group, FieldTable::default())
             .await
     }
 
@@ -508,11 +597,12 @@ impl AmqpTransport {
     /// is its message's envelope id.
     async fn take_dead_letters(
         &self,
+        link: &Link,
         channel: &Channel,
         group: &str,
         limit: usize,
     ) -> Result<Vec<(lapin::Acker, DeadLetter)>, MessagingError> {
-        self.declare_dead_letters(group).await?;
+        self.declare_dead_letters(link, group).await?;
         let queue = self.dead_letter_queue(group);
         let mut letters = Vec::new();
         while letters.len() < limit {

@@ -38,6 +38,10 @@ pub struct MessagingConfig {
     /// `ack_wait` that it is still working.
     #[serde(with = "crate::config::duration")]
     pub ack_wait: Duration,
+    /// `publish_timeout`: how long a publish waits for the broker's confirmation, including the
+    /// time a dropped connection takes to come back, before it fails. Default `"15s"`.
+    #[serde(with = "crate::config::duration")]
+    pub publish_timeout: Duration,
 }
 
 impl Default for MessagingConfig {
@@ -52,6 +56,7 @@ impl Default for MessagingConfig {
             retry_max_delay: Duration::from_secs(10),
             concurrency: 8,
             ack_wait: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -76,7 +81,11 @@ impl Validate for MessagingConfig {
             "ack_wait",
             "must be at least 1s",
         );
-
+        problems.check(
+            self.publish_timeout >= Duration::from_millis(100),
+            "publish_timeout",
+            "must be at least 100ms",
+        );
         problems.check(self.concurrency > 0, "concurrency", "must be at least 1");
         problems.check(
             !self.namespace.is_empty()

@@ -305,6 +305,8 @@ pub(super) async fn supervise<M, H>(
             {
                 Ok(again) => {
                     subscription = again;
+                    // The next interruption starts from the shortest wait again.
+                    restarts = 0;
                     break;
                 }
                 Err(error) => tracing::error!(consumer = %name, %error, "subscribing again failed; retrying"),

@@ -92,6 +92,9 @@ impl<F> std::fmt::Debug for InboxHandler<F> {
     }
 }
 
+/// How long a delivery waits for a concurrent delivery of the same message to end.
+const CONCURRENT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why a message through the inbox was not processed; the bus retries it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -121,16 +124,20 @@ where
                 metrics::counter!(INBOX_TOTAL, "consumer" => consumer.to_string(), "outcome" => outcome).increment(1);
             };
             let mut tx = pool.begin().await?;
-            // A concurrent delivery of the same message holds the row: wait for it, not forever.
-            sqlx::query("SET LOCAL lock_timeout = '10s'").execute(&mut *tx).await?;
-            let recorded = sqlx::query(
-                "INSERT INTO chassis_processed_messages (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .bind(&*consumer)
-            .bind(&incoming.envelope.id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            // A concurrent delivery of the same message holds the row: wait for it, not forever
+            // (and only here: the handler's own statements keep the session's lock_timeout).
+            let record = async |connection: &mut sqlx::PgConnection| {
+                sqlx::query(
+                    "INSERT INTO chassis_processed_messages (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(&*consumer)
+                .bind(&incoming.envelope.id)
+                .execute(connection)
+                .await
+            };
+            let recorded = crate::storage::postgres::with_lock_timeout(&mut tx, CONCURRENT_WAIT, record)
+                .await?
+                .rows_affected();
             if recorded == 0 {
                 tx.rollback().await?;
                 count("duplicate");

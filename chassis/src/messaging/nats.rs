@@ -65,7 +65,9 @@ impl NatsTransport {
             .connect(url)
             .await
             .map_err(|e| error(format!("cannot connect to {url}: {e}")))?;
-        let jetstream = jetstream::new(client.clone());
+        let mut jetstream = jetstream::new(client.clone());
+        // Bounds the wait for a publish's acknowledgement (and the stream API calls).
+        jetstream.set_timeout(config.publish_timeout);
         let namespace = token(&config.namespace);
         let upper = namespace.to_uppercase();
         let streams = [

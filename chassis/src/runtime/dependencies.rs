@@ -144,12 +144,13 @@ pub(super) async fn connect(
 /// they do not exist.
 #[cfg(feature = "postgres")]
 async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-    for migration in [
-        crate::idempotency::MIGRATION,
-        crate::saga::SAGA_MIGRATION,
-        crate::outbox::OUTBOX_MIGRATION,
-    ] {
-        sqlx::raw_sql(migration).execute(pool).await?;
-    }
-    Ok(())
+    crate::storage::postgres::migrate(
+        pool,
+        &[
+            crate::idempotency::MIGRATION,
+            crate::saga::SAGA_MIGRATION,
+            crate::outbox::OUTBOX_MIGRATION,
+        ],
+    )
+    .await
 }

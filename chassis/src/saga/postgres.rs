@@ -62,7 +62,9 @@ impl PostgresSagaStore {
 
     /// Creates the table if it does not exist ([`SAGA_MIGRATION`]).
     pub async fn migrate(&self) -> Result<(), SagaError> {
-        sqlx::raw_sql(SAGA_MIGRATION).execute(&self.pool).await.map_err(error)?;
+        crate::storage::postgres::migrate(&self.pool, &[SAGA_MIGRATION])
+            .await
+            .map_err(error)?;
         Ok(())
     }
 }

@@ -12,4 +12,6 @@ mod transaction;
 
 pub use config::{PostgresConfig, RedisConfig};
 #[cfg(feature = "postgres")]
+pub use postgres::migrate;
+#[cfg(feature = "postgres")]
 pub use transaction::{NoTransaction, Transaction, TransactionEnded, TransactionGuard};

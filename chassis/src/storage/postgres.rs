@@ -27,6 +27,52 @@ pub(crate) async fn connect(config: &PostgresConfig, url: &str) -> Result<PgPool
         .await
 }
 
+/// Runs `migrations` (idempotent DDL: `CREATE ... IF NOT EXISTS`) in one transaction that
+/// holds an advisory lock for the current schema, so replicas starting together take turns:
+/// concurrent `CREATE TABLE IF NOT EXISTS` of one table can otherwise fail with a duplicate
+/// type. The chassis creates its own tables this way; a service can create its own likewise.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+/// chassis::storage::migrate(&pool, &["CREATE TABLE IF NOT EXISTS orders (id BIGSERIAL PRIMARY KEY)"]).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn migrate(pool: &PgPool, migrations: &[&'static str]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chassis migrations ' || current_schema()))")
+        .execute(&mut *tx)
+        .await?;
+    for migration in migrations {
+        sqlx::raw_sql(*migration).execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
+/// Runs `statement` on `connection` (inside a transaction) with `lock_timeout` set to `wait`,
+/// then restores the session's setting for the rest of the transaction: a row another
+/// transaction is writing is waited for that long, not as long as that transaction runs.
+pub(crate) async fn with_lock_timeout<T>(
+    connection: &mut sqlx::PgConnection,
+    wait: Duration,
+    statement: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
+    let millis = wait.as_millis().max(1);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = '{millis}ms'")))
+        .execute(&mut *connection)
+        .await?;
+    let result = statement(&mut *connection).await?;
+    sqlx::raw_sql("SET LOCAL lock_timeout TO DEFAULT")
+        .execute(connection)
+        .await?;
+    Ok(result)
+}
+
+/// Whether `error` is PostgreSQL's `lock_not_available` (a `lock_timeout` ran out).
+pub(crate) fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("55P03"))
+}
+
 /// `postgres:connections`: a round trip (`SELECT 1`) through `pool`; `fail` with the error when
 /// the database cannot be reached, the connections in the pool as the observed value.
 pub(crate) fn health_check(pool: PgPool) -> Check {

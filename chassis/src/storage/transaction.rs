@@ -4,7 +4,7 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
@@ -114,5 +114,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Transaction {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         parts.extensions.get::<Transaction>().cloned().ok_or(NoTransaction)
+    }
+}
+
+/// `Option<Transaction>`: the request's transaction when its route has one, `None` otherwise,
+/// for handlers that serve with and without a database.
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Transaction {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Transaction>().cloned())
     }
 }

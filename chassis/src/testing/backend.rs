@@ -57,9 +57,47 @@ pub async fn backend<T, E: Display>(name: &str, connect: impl Future<Output = Re
     }
 }
 
+/// The `host:port` a backend URL names, `default_port` when it names none: what to connect to
+/// or put a [`FaultProxy`](super::FaultProxy) in front of.
+///
+/// ```
+/// use chassis::testing::host_port;
+///
+/// assert_eq!(host_port("amqp://guest:guest@127.0.0.1:5672/%2f", 5672), "127.0.0.1:5672");
+/// assert_eq!(host_port("postgres://postgres@db/test?sslmode=disable", 5432), "db:5432");
+/// ```
+pub fn host_port(url: &str, default_port: u16) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:{default_port}")
+    }
+}
+
+/// Opens a TCP connection to the server `url` names: a test's check that a backend is there,
+/// for [`backend`].
+///
+/// ```no_run
+/// # async fn demo() {
+/// use chassis::testing::{backend, backend_url, reachable};
+///
+/// let url = backend_url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+/// if backend("RabbitMQ", reachable(&url, 5672)).await.is_none() {
+///     return;
+/// }
+/// # }
+/// ```
+pub async fn reachable(url: &str, default_port: u16) -> std::io::Result<()> {
+    tokio::net::TcpStream::connect(host_port(url, default_port))
+        .await
+        .map(drop)
+}
+
 /// Waits until `check` returns `Some`, checking every 10 ms, and returns its value; panics
-/// naming `what` after 20 s. For waiting on something another task or process does; the
-/// deadline only decides when the code under test is broken.
+/// naming `what` after 20 seconds. See [`eventually_within`].
 ///
 /// ```
 /// # async fn demo() {
@@ -72,13 +110,30 @@ pub async fn backend<T, E: Display>(name: &str, connect: impl Future<Output = Re
 /// chassis::testing::eventually("the task to run", async || done.load(Ordering::SeqCst).then_some(())).await;
 /// # }
 /// ```
-pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+pub async fn eventually<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+    eventually_within(what, Duration::from_secs(20), check).await
+}
+
+/// [`eventually`] with a limit of `limit` instead of 20 seconds, for what takes long by design
+/// (a system settling after faults).
+///
+/// ```
+/// # async fn demo() {
+/// use std::time::Duration;
+///
+/// chassis::testing::eventually_within("nothing", Duration::from_secs(1), async || Some(())).await;
+/// # }
+/// ```
+pub async fn eventually_within<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
     loop {
         if let Some(value) = check().await {
             return value;
         }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

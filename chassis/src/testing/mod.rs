@@ -18,6 +18,8 @@
 
 mod backend;
 mod otlp;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod proxy;
 
 use std::future::Future;
@@ -25,8 +27,10 @@ use std::future::Future;
 use axum::Router;
 use serde::de::DeserializeOwned;
 
-pub use backend::{backend, backend_url, backends_required, eventually};
+pub use backend::{backend, backend_url, backends_required, eventually, eventually_within, host_port, reachable};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
+#[cfg(feature = "postgres")]
+pub use postgres::postgres_schema;
 pub use proxy::{Fault, FaultProxy};
 
 use crate::runtime::{Context, Options, RunningService};

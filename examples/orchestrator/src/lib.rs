@@ -8,8 +8,9 @@
 //! | `notify` | `SendNotification` command on the bus | — |
 //!
 //! Each call carries the step's idempotency key, so a retried or resumed step is replayed by
-//! the service, not repeated. State lives in the `[store]` (memory or PostgreSQL); unfinished
-//! checkouts of a dead orchestrator are resumed by whichever instance notices first.
+//! the service, not repeated. The sagas live in PostgreSQL when `[postgres]` is configured (in
+//! memory otherwise); unfinished checkouts of a dead orchestrator are resumed by whichever
+//! instance notices first.
 //!
 //! | route | |
 //! |---|---|
@@ -27,20 +28,19 @@ use axum::{Json, Router};
 use chassis::Context;
 use chassis::client::{Client, ClientError};
 use chassis::http::Problem;
-use chassis::idempotency::IdempotencyLayer;
 use chassis::messaging::Bus;
 use chassis::saga::{Saga, SagaRecord, Step, StepContext};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shop_contract::events::SendNotification;
-use shop_contract::{StoreSettings, not_found};
+use shop_contract::{Persistence, StoreSettings, not_found, saga_store};
 use tracing::Instrument;
 
 /// The orchestrator's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// `[store]`: `memory` or `postgres` (sagas need one of those).
+    /// `[store]`: where idempotency keys live without `[postgres]`.
     pub store: StoreSettings,
     /// `step_timeout`: the limit of one attempt of each step. Default `"2s"`.
     #[serde(with = "chassis::config::duration")]
@@ -277,8 +277,9 @@ async fn show(State(o): State<Orchestrator>, Path(id): Path<String>) -> axum::re
 /// The orchestrator service.
 pub async fn service(ctx: Context<Settings>) -> chassis::Result<Router> {
     let settings = ctx.settings().clone();
+    let persistence = Persistence::of(&ctx, &settings.store, "orchestrator", "").await?;
     let saga = checkout_saga(
-        settings.store.sagas().await?,
+        saga_store(&ctx),
         ctx.client("inventory")?,
         ctx.client("payments")?,
         ctx.bus().clone(),
@@ -302,7 +303,7 @@ pub async fn service(ctx: Context<Settings>) -> chassis::Result<Router> {
             }
         }
     });
-    let idempotency = IdempotencyLayer::new(settings.store.idempotency("orchestrator").await?, Default::default())?;
+    let idempotency = persistence.idempotency()?;
     let state = Orchestrator { saga, ctx: ctx.clone() };
     Ok(Router::new()
         .route("/checkouts", post(start).layer(idempotency))

@@ -46,8 +46,7 @@ async fn downstream() -> (SocketAddr, Downstream) {
 async fn orchestrator(downstream: SocketAddr, postgres: String, resume_after: &'static str) -> chassis::RunningService {
     let options = chassis::testing::options().configure(move |loader| {
         loader
-            .set("store.kind", "postgres")
-            .set("store.url", postgres)
+            .set("postgres.url", postgres)
             .set("step_timeout", "60s")
             .set("resume_after", resume_after)
             .set("shutdown.grace_period", "100ms")

@@ -1,7 +1,9 @@
 //! The payments service: captures the amount of each placed order (`OrderPlaced`), refunds it
 //! when the stock is rejected (`StockRejected`, compensation by event), and offers the same over
 //! HTTP to the orchestrator. A demo switch makes its HTTP API fail or slow down, so the breakers
-//! of its callers open and the saga compensates.
+//! of its callers open and the saga compensates. With `[postgres]` the payments are rows of
+//! `shop_payments`, changed in the inbox's (or the idempotent request's) transaction together
+//! with the events they cause.
 //!
 //! | route | |
 //! |---|---|
@@ -22,11 +24,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chassis::Context;
 use chassis::http::Problem;
-use chassis::idempotency::IdempotencyLayer;
-use chassis::messaging::Incoming;
+use chassis::messaging::{Bus, Incoming};
+use chassis::storage::Transaction;
 use serde::{Deserialize, Serialize};
 use shop_contract::events::{OrderPlaced, PaymentCaptured, PaymentRefunded, StockRejected};
-use shop_contract::{ServiceSettings, caused_by, not_found, subscribe_once};
+use shop_contract::{Persistence, ServiceSettings, Work, caused_by, not_found};
 
 /// A payment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,50 +51,177 @@ pub struct Fault {
     pub delay_ms: u64,
 }
 
+/// The payments table, created at start with PostgreSQL.
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS shop_payments (
+    id           TEXT        PRIMARY KEY,
+    amount_cents BIGINT      NOT NULL,
+    status       TEXT        NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+)";
+
+/// Payments in memory.
 #[derive(Clone, Default)]
-struct Payments {
+struct Memory {
     payments: Arc<Mutex<BTreeMap<String, Payment>>>,
-    fault: Arc<Mutex<Fault>>,
 }
 
-impl Payments {
-    /// Captures `amount_cents` for `id`; asking again answers the first capture. A voided id
-    /// is refused.
-    fn capture(&self, id: &str, amount_cents: u64) -> Result<Payment, Payment> {
+impl Memory {
+    fn capture(&self, id: &str, amount_cents: u64) -> Payment {
         let mut payments = self.payments.lock().unwrap();
-        let payment = payments.entry(id.to_owned()).or_insert_with(|| Payment {
-            id: id.to_owned(),
-            amount_cents,
-            status: "captured".into(),
-        });
-        match payment.status.as_str() {
-            "voided" => Err(payment.clone()),
-            _ => Ok(payment.clone()),
-        }
+        payments
+            .entry(id.to_owned())
+            .or_insert_with(|| Payment {
+                id: id.to_owned(),
+                amount_cents,
+                status: "captured".into(),
+            })
+            .clone()
     }
 
-    /// Refunds a capture: the amount the first time, `None` after. Without a capture, `void`
-    /// decides: mark the id voided (so a late capture is refused) or report it missing.
-    fn refund(&self, id: &str, void: bool) -> Result<Option<u64>, String> {
+    fn refund(&self, id: &str, void: bool) -> Option<Payment> {
         let mut payments = self.payments.lock().unwrap();
         match payments.get_mut(id) {
-            Some(p) if p.status == "captured" => {
-                p.status = "refunded".into();
-                Ok(Some(p.amount_cents))
+            Some(payment) => {
+                let before = payment.clone();
+                if payment.status == "captured" {
+                    payment.status = "refunded".into();
+                }
+                Some(before)
             }
-            Some(_) => Ok(None),
             None if void => {
                 let voided = Payment {
                     id: id.to_owned(),
                     amount_cents: 0,
                     status: "voided".into(),
                 };
-                payments.insert(id.to_owned(), voided);
-                Ok(None)
+                payments.insert(id.to_owned(), voided.clone());
+                Some(voided)
             }
-            None => Err(format!("no payment {id} yet")),
+            None => None,
         }
     }
+}
+
+/// The same in PostgreSQL, within the caller's transaction.
+mod sql {
+    use sqlx::{PgConnection, Row as _};
+
+    use super::Payment;
+
+    fn payment(row: &sqlx::postgres::PgRow) -> Result<Payment, sqlx::Error> {
+        Ok(Payment {
+            id: row.try_get("id")?,
+            amount_cents: row.try_get::<i64, _>("amount_cents")? as u64,
+            status: row.try_get("status")?,
+        })
+    }
+
+    pub(super) async fn get(connection: &mut PgConnection, id: &str) -> Result<Option<Payment>, sqlx::Error> {
+        let row = sqlx::query("SELECT id, amount_cents, status FROM shop_payments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(connection)
+            .await?;
+        row.as_ref().map(payment).transpose()
+    }
+
+    pub(super) async fn capture(
+        connection: &mut PgConnection,
+        id: &str,
+        amount_cents: u64,
+    ) -> Result<Payment, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO shop_payments (id, amount_cents, status) VALUES ($1, $2, 'captured') ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(amount_cents as i64)
+        .execute(&mut *connection)
+        .await?;
+        let row = sqlx::query("SELECT id, amount_cents, status FROM shop_payments WHERE id = $1")
+            .bind(id)
+            .fetch_one(connection)
+            .await?;
+        payment(&row)
+    }
+
+    /// The payment as it was before the refund, if there is one (or a voided one, with `void`).
+    pub(super) async fn refund(
+        connection: &mut PgConnection,
+        id: &str,
+        void: bool,
+    ) -> Result<Option<Payment>, sqlx::Error> {
+        if void {
+            // Voids an id never captured. A capture being written concurrently makes this wait
+            // for it; once it committed, the refund below finds it.
+            let voided = sqlx::query(
+                "INSERT INTO shop_payments (id, amount_cents, status) VALUES ($1, 0, 'voided') ON CONFLICT DO NOTHING RETURNING id",
+            )
+            .bind(id)
+            .fetch_optional(&mut *connection)
+            .await?;
+            if voided.is_some() {
+                return Ok(Some(Payment {
+                    id: id.to_owned(),
+                    amount_cents: 0,
+                    status: "voided".into(),
+                }));
+            }
+        }
+        let row = sqlx::query("SELECT id, amount_cents, status FROM shop_payments WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *connection)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let before = payment(&row)?;
+        sqlx::query("UPDATE shop_payments SET status = 'refunded' WHERE id = $1 AND status = 'captured'")
+            .bind(id)
+            .execute(connection)
+            .await?;
+        Ok(Some(before))
+    }
+}
+
+#[derive(Clone)]
+struct Payments {
+    memory: Memory,
+    persistence: Persistence,
+    bus: Bus,
+    fault: Arc<Mutex<Fault>>,
+}
+
+impl Payments {
+    /// Captures `amount_cents` for `id` in `work`; asking again answers the first capture (a
+    /// voided id stays voided).
+    async fn capture(&self, work: &Work, id: &str, amount_cents: u64) -> Result<Payment, String> {
+        match work.transaction() {
+            None => Ok(self.memory.capture(id, amount_cents)),
+            Some(tx) => {
+                let mut connection = tx.lock().await.map_err(|e| e.to_string())?;
+                sql::capture(&mut connection, id, amount_cents)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Refunds a capture in `work`, answering the payment as it was before. Without a capture,
+    /// `void` decides: mark the id voided (so a late capture is refused) or answer `None`.
+    async fn refund(&self, work: &Work, id: &str, void: bool) -> Result<Option<Payment>, String> {
+        match work.transaction() {
+            None => Ok(self.memory.refund(id, void)),
+            Some(tx) => {
+                let mut connection = tx.lock().await.map_err(|e| e.to_string())?;
+                sql::refund(&mut connection, id, void).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> Response {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "payments-unavailable", "Try again")
+        .with_detail(error.to_string())
+        .into_response()
 }
 
 /// Applies the demo fault to the API routes.
@@ -119,24 +248,54 @@ pub struct NewPayment {
     amount_cents: u64,
 }
 
-async fn create(State(payments): State<Payments>, Json(new): Json<NewPayment>) -> Response {
-    match payments.capture(&new.id, new.amount_cents) {
+async fn create(State(payments): State<Payments>, tx: Option<Transaction>, Json(new): Json<NewPayment>) -> Response {
+    let captured = async {
+        let work = payments.persistence.work(&payments.bus, tx)?;
+        payments.capture(&work, &new.id, new.amount_cents).await
+    }
+    .await;
+    match captured {
+        Ok(payment) if payment.status == "voided" => {
+            Problem::new(StatusCode::CONFLICT, "payment-voided", "Payment voided")
+                .with_detail(format!("payment {} was refunded before it was captured", new.id))
+                .into_response()
+        }
         Ok(payment) => (StatusCode::CREATED, Json(payment)).into_response(),
-        Err(_) => Problem::new(StatusCode::CONFLICT, "payment-voided", "Payment voided")
-            .with_detail(format!("payment {} was refunded before it was captured", new.id))
-            .into_response(),
+        Err(error) => unavailable(error),
     }
 }
 
-async fn refund(State(payments): State<Payments>, Path(id): Path<String>) -> StatusCode {
-    let _ = payments.refund(&id, true);
-    StatusCode::NO_CONTENT
+async fn refund(State(payments): State<Payments>, Path(id): Path<String>) -> Response {
+    let refunded = async {
+        match payments.persistence.pool() {
+            None => payments.refund(&Work::Memory(payments.bus.clone()), &id, true).await,
+            Some(pool) => {
+                let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+                let before = sql::refund(&mut tx, &id, true).await.map_err(|e| e.to_string())?;
+                tx.commit().await.map_err(|e| e.to_string())?;
+                Ok(before)
+            }
+        }
+    }
+    .await;
+    match refunded {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => unavailable(error),
+    }
 }
 
 async fn show(State(payments): State<Payments>, Path(id): Path<String>) -> Response {
-    match payments.payments.lock().unwrap().get(&id) {
-        Some(p) => Json(p.clone()).into_response(),
-        None => not_found("payment", &id),
+    let found = match payments.persistence.pool() {
+        None => Ok(payments.memory.payments.lock().unwrap().get(&id).cloned()),
+        Some(pool) => match pool.acquire().await {
+            Ok(mut connection) => sql::get(&mut connection, &id).await,
+            Err(error) => Err(error),
+        },
+    };
+    match found {
+        Ok(Some(payment)) => Json(payment).into_response(),
+        Ok(None) => not_found("payment", &id),
+        Err(error) => unavailable(error),
     }
 }
 
@@ -148,49 +307,56 @@ async fn set_fault(State(payments): State<Payments>, Json(fault): Json<Fault>) -
 
 /// The payments service.
 pub async fn service(ctx: Context<ServiceSettings>) -> chassis::Result<Router> {
-    let store = ctx.settings().store.idempotency("payments").await?;
-    let state = Payments::default();
-    let (payments, bus) = (state.clone(), ctx.bus().clone());
-    subscribe_once(&ctx, &store, "payments", move |e: Incoming<OrderPlaced>| {
-        let (payments, bus) = (payments.clone(), bus.clone());
-        async move {
-            let order = &e.message;
-            let Ok(payment) = payments.capture(&order.order_id.to_string(), order.amount_cents) else {
-                return Ok(());
-            };
-            let event = PaymentCaptured {
-                order_id: order.order_id,
-                amount_cents: payment.amount_cents,
-            };
-            bus.publish_with(&event, caused_by(&e))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await?;
-    let (payments, bus) = (state.clone(), ctx.bus().clone());
-    subscribe_once(&ctx, &store, "payments", move |e: Incoming<StockRejected>| {
-        let (payments, bus) = (payments.clone(), bus.clone());
-        async move {
-            // The capture may not have been seen yet: the error makes the bus retry.
-            if let Some(amount_cents) = payments.refund(&e.message.order_id.to_string(), false)? {
+    let persistence = Persistence::of(&ctx, &ctx.settings().store, "payments", SCHEMA).await?;
+    let state = Payments {
+        memory: Memory::default(),
+        persistence: persistence.clone(),
+        bus: ctx.bus().clone(),
+        fault: Arc::default(),
+    };
+    let payments = state.clone();
+    persistence
+        .subscribe(&ctx, "payments", move |e: Incoming<OrderPlaced>, work: Work| {
+            let payments = payments.clone();
+            async move {
+                let order = &e.message;
+                let payment = payments
+                    .capture(&work, &order.order_id.to_string(), order.amount_cents)
+                    .await?;
+                if payment.status != "captured" {
+                    return Ok(());
+                }
+                let event = PaymentCaptured {
+                    order_id: order.order_id,
+                    amount_cents: payment.amount_cents,
+                };
+                work.publish(&event, caused_by(&e)).await
+            }
+        })
+        .await?;
+    let payments = state.clone();
+    persistence
+        .subscribe(&ctx, "payments", move |e: Incoming<StockRejected>, work: Work| {
+            let payments = payments.clone();
+            async move {
+                // The capture may not have been seen yet (the two events travel separately):
+                // the payment is voided, and the late `OrderPlaced` captures nothing.
+                let id = e.message.order_id.to_string();
+                let refunded = payments.refund(&work, &id, true).await?;
+                let Some(before) = refunded.filter(|before| before.status == "captured") else {
+                    return Ok(());
+                };
                 let event = PaymentRefunded {
                     order_id: e.message.order_id,
-                    amount_cents,
+                    amount_cents: before.amount_cents,
                 };
-                bus.publish_with(&event, caused_by(&e))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                work.publish(&event, caused_by(&e)).await
             }
-            Ok(())
-        }
-    })
-    .await?;
-    let idempotency = IdempotencyLayer::new(store, Default::default())?;
+        })
+        .await?;
     // The fault hits captures and lookups; refunds stay up, so compensations can finish.
     let faulted = Router::new()
-        .route("/payments", post(create).layer(idempotency))
+        .route("/payments", post(create).layer(persistence.idempotency()?))
         .route("/payments/{id}", get(show))
         .route_layer(middleware::from_fn_with_state(state.clone(), faulty));
     Ok(faulted

@@ -1,7 +1,7 @@
 //! The whole shop in one process: the six services of `examples/`, each an ordinary chassis
 //! service, started side by side on loopback. On [`Backend::Memory`] they share one in-memory
-//! bus and keep their stores in memory; on [`Backend::Broker`] each connects to the broker and
-//! stores named by its config, exactly as it would as a separate process.
+//! bus and keep their state in memory; on [`Backend::Broker`] each connects to the broker and
+//! the database named by its config, exactly as it would as a separate process.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +12,10 @@ use chassis::{Options, RunningService};
 /// Where messages and state live.
 #[derive(Debug, Clone)]
 pub enum Backend {
-    /// One in-memory bus shared by the services; stores in memory.
+    /// One in-memory bus shared by the services; state in memory.
     Memory,
     /// A broker and a database, selected by config: `messaging.transport`, `messaging.url`,
-    /// `messaging.namespace`, `store.kind`, `store.url`.
+    /// `messaging.namespace`, and `postgres.url` or `store.kind = "redis"` with `redis.url`.
     Broker {
         /// `amqp` (RabbitMQ) or `nats` (JetStream).
         transport: String,
@@ -23,11 +23,20 @@ pub enum Backend {
         url: String,
         /// Prefix of queues, streams and subjects.
         namespace: String,
-        /// `redis` or `postgres` (the orchestrator's sagas need `postgres`).
-        store: String,
-        /// The store's URL.
-        store_url: String,
+        /// Where the services keep their state.
+        database: Database,
     },
+}
+
+/// The database of a [`Backend::Broker`] shop.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// Everything in PostgreSQL: the services' rows, the outbox, the inbox, idempotent
+    /// responses and the sagas. The URL may choose a schema (`?options=-c%20search_path%3Dname`).
+    Postgres(String),
+    /// Idempotency keys and processed message ids in Redis; the services' state and the sagas
+    /// in memory.
+    Redis(String),
 }
 
 /// How to start the shop.
@@ -41,6 +50,8 @@ pub struct Setup {
     pub call_timeout: Duration,
     /// The orchestrator's limit for one attempt of a saga step. Default 2 s.
     pub step_timeout: Duration,
+    /// The gateway's rate limit per client. Default 50.
+    pub requests_per_second: u32,
     /// Further `(key, value)` config overrides for every service, e.g. an OTLP endpoint.
     pub overrides: Vec<(String, String)>,
 }
@@ -52,6 +63,7 @@ impl Default for Setup {
             backend: Backend::Memory,
             call_timeout: Duration::from_secs(1),
             step_timeout: Duration::from_secs(2),
+            requests_per_second: 50,
             overrides: Vec::new(),
         }
     }
@@ -102,8 +114,7 @@ impl Setup {
                 transport,
                 url,
                 namespace,
-                store,
-                store_url,
+                database,
             } = backend
             {
                 loader = loader
@@ -112,7 +123,10 @@ impl Setup {
                     .set("messaging.namespace", namespace);
                 // The gateway keeps no state.
                 if keeps_state {
-                    loader = loader.set("store.kind", store).set("store.url", store_url);
+                    loader = match database {
+                        Database::Postgres(url) => loader.set("postgres.url", url),
+                        Database::Redis(url) => loader.set("store.kind", "redis").set("redis.url", url),
+                    };
                 }
             }
             for (key, value) in overrides {
@@ -157,6 +171,7 @@ impl Setup {
         )
         .configure(move |loader| loader.set("step_timeout", step_timeout));
         let orchestrator = chassis::start(orchestrator_options, shop_orchestrator::service).await?;
+        let requests_per_second = self.requests_per_second;
         let gateway_options = Self::clients(
             self.options("gateway", 0, &bus),
             self.call_timeout,
@@ -167,7 +182,11 @@ impl Setup {
                 ("orchestrator", orchestrator.http_addr()),
             ],
         )
-        .configure(|loader| loader.set("jwt.secrets", vec!["demo-secret"]));
+        .configure(|loader| {
+            loader
+                .set("jwt.secrets", vec!["demo-secret"])
+                .set("requests_per_second", requests_per_second)
+        });
         let gateway = chassis::start(gateway_options, shop_gateway::service).await?;
         Ok(System {
             gateway,

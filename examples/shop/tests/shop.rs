@@ -1,11 +1,12 @@
-//! The shop end to end over loopback HTTP: every scenario once on the in-memory bus and stores,
-//! once on RabbitMQ with PostgreSQL (selected by config alone).
+//! The shop end to end over loopback HTTP: every scenario once on the in-memory bus and state,
+//! once on RabbitMQ and once on NATS with PostgreSQL (selected by config alone), each in a
+//! schema of its own.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chassis::testing::{backend, backend_url};
+use chassis::testing::{backend, backend_url, postgres_schema, reachable};
 use serde_json::{Value, json};
-use shop::{Backend, Setup, System};
+use shop::{Backend, Database, Setup, System};
 
 /// Waits until `check` holds.
 async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -236,32 +237,13 @@ fn fast(backend: Backend) -> Setup {
         // scenario below hangs for longer than both.
         call_timeout: Duration::from_secs(1),
         step_timeout: Duration::from_secs(1),
-        overrides: Vec::new(),
+        ..Setup::default()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shop_on_the_in_memory_bus() {
     scenario(fast(Backend::Memory)).await;
-}
-
-/// Connects to the server `url` names (`default_port` when it names none), as the test's check
-/// that the backend is there.
-async fn reachable(url: &str, default_port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    let authority = url
-        .split("://")
-        .nth(1)
-        .unwrap_or(url)
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
-    let address = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:{default_port}")
-    };
-    tokio::net::TcpStream::connect(address).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,12 +255,12 @@ async fn the_shop_on_rabbitmq_and_postgresql() {
     {
         return;
     }
+    let postgres = postgres_schema(&postgres, "shop").await.unwrap();
     scenario(fast(Backend::Broker {
         transport: "amqp".into(),
         url: amqp,
         namespace: format!("shop-test-{}", uuid::Uuid::new_v4()),
-        store: "postgres".into(),
-        store_url: postgres,
+        database: Database::Postgres(postgres),
     }))
     .await;
 }
@@ -292,12 +274,12 @@ async fn the_shop_on_nats_and_postgresql() {
     {
         return;
     }
+    let postgres = postgres_schema(&postgres, "shop").await.unwrap();
     scenario(fast(Backend::Broker {
         transport: "nats".into(),
         url: nats,
         namespace: format!("shop-test-{}", uuid::Uuid::new_v4().simple()),
-        store: "postgres".into(),
-        store_url: postgres,
+        database: Database::Postgres(postgres),
     }))
     .await;
 }
