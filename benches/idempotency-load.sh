@@ -22,7 +22,7 @@ LUA
 echo "| store | requests/s | p99 |"
 echo "|---|---|---|"
 port=3200
-for store in none memory redis postgres; do
+for store in none memory redis postgres transactional; do
     port=$((port + 1))
     target/release/bench-server "idempotency-$store" "$port" >/dev/null 2>&1 &
     pid=$!

@@ -68,7 +68,11 @@ fn main() -> ExitCode {
                 Ok(chassis_benches::routes())
             })
         }
-        "idempotency-none" | "idempotency-memory" | "idempotency-redis" | "idempotency-postgres" => {
+        "idempotency-none"
+        | "idempotency-memory"
+        | "idempotency-redis"
+        | "idempotency-postgres"
+        | "idempotency-transactional" => {
             let store = mode.trim_start_matches("idempotency-").to_owned();
             let options = chassis::Options::new()
                 .service_defaults("bench", "0.0.0")
@@ -88,6 +92,16 @@ fn main() -> ExitCode {
                     "redis" => {
                         Arc::new(chassis::idempotency::RedisStore::connect("redis://127.0.0.1:6379", "bench").await?)
                     }
+                    "transactional" => {
+                        // The claim, the stored response (and the handler's writes, had it any)
+                        // commit in one transaction.
+                        let store =
+                            chassis::idempotency::PostgresStore::connect("postgres://postgres@127.0.0.1:5432/test")
+                                .await?;
+                        store.migrate().await?;
+                        let layer = chassis::idempotency::IdempotencyLayer::transactional(store, Default::default())?;
+                        return Ok(chassis_benches::payments().layer(layer));
+                    }
                     _ => {
                         let store =
                             chassis::idempotency::PostgresStore::connect("postgres://postgres@127.0.0.1:5432/test")
@@ -102,7 +116,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: bench-server <bare|stack|chassis|otlp-sink|idempotency-none|idempotency-memory|idempotency-redis|idempotency-postgres> [port]"
+                "usage: bench-server <bare|stack|chassis|otlp-sink|idempotency-none|idempotency-memory|idempotency-redis|idempotency-postgres|idempotency-transactional> [port]"
             );
             ExitCode::FAILURE
         }

@@ -11,10 +11,10 @@ use crate::config::{Problems, Validate};
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct OutboxConfig {
-    /// `outbox.batch_size`: rows read per round. Default `100`.
+    /// `outbox.batch_size`: rows read per round. Default `128`.
     pub batch_size: u32,
     /// `outbox.max_in_flight`: publishes sent before their confirmations are awaited. Default
-    /// `32`. `1` keeps the order strict even when a publish fails partway (see the outbox
+    /// `128`. `1` keeps the order strict even when a publish fails partway (see the outbox
     /// guide), at one broker round trip per message.
     pub max_in_flight: u32,
     /// `outbox.poll_interval`: how often the relay looks for rows when no notification came
@@ -36,8 +36,8 @@ pub struct OutboxConfig {
 impl Default for OutboxConfig {
     fn default() -> Self {
         Self {
-            batch_size: 100,
-            max_in_flight: 32,
+            batch_size: 128,
+            max_in_flight: 128,
             poll_interval: Duration::from_secs(1),
             retry_base_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(10),

@@ -99,6 +99,12 @@ impl Relay {
             return Ok(());
         }
         tracing::info!("this replica now publishes the outbox");
+        // Marking rows sent need not wait for the disk: a mark lost in a database crash only
+        // means the row is published again, and every envelope's stable id makes the repeat
+        // harmless (NATS drops it, the inbox drops it).
+        sqlx::query("SET synchronous_commit = off")
+            .execute(&mut session)
+            .await?;
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(CHANNEL).await?;
         let mut failures = 0u32;
@@ -107,13 +113,12 @@ impl Relay {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            // Still the leader: the lock lives as long as this session does.
-            sqlx::query("SELECT 1").execute(&mut session).await?;
             if measured.elapsed() >= Duration::from_secs(1) {
                 self.measure().await;
                 measured = Instant::now();
             }
-            let rows = self.unsent().await?;
+            // Read on the leader session: a lost session (and with it the lock) ends the lead.
+            let rows = self.unsent(&mut session).await?;
             if rows.is_empty() {
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
@@ -125,7 +130,7 @@ impl Relay {
                 }
                 continue;
             }
-            match self.publish(rows).await? {
+            match self.publish(&mut session, rows).await? {
                 None => failures = 0,
                 Some(error) => {
                     failures += 1;
@@ -141,14 +146,14 @@ impl Relay {
     }
 
     /// The next rows to publish, in sequence order.
-    async fn unsent(&self) -> Result<Vec<Unsent>, sqlx::Error> {
+    async fn unsent(&self, session: &mut PgConnection) -> Result<Vec<Unsent>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT seq, kind, message_type, headers, body FROM chassis_outbox
              WHERE origin = $1 AND sent_at IS NULL ORDER BY seq LIMIT $2",
         )
         .bind(&*self.origin)
         .bind(i64::from(self.config.batch_size))
-        .fetch_all(&self.pool)
+        .fetch_all(session)
         .await?;
         let mut unsent = Vec::with_capacity(rows.len());
         for row in rows {
@@ -170,33 +175,35 @@ impl Relay {
         Ok(unsent)
     }
 
-    /// Publishes `rows` in chunks of `max_in_flight`, marking each confirmed chunk sent; stops
-    /// at the first failure, which it records on its row and returns.
-    async fn publish(&self, rows: Vec<Unsent>) -> Result<Option<String>, sqlx::Error> {
+    /// Publishes `rows` in chunks of `max_in_flight`, marking each confirmed chunk sent while
+    /// the next one is on its way to the broker; stops at the first failure, which it records
+    /// on its row and returns.
+    async fn publish(&self, session: &mut PgConnection, rows: Vec<Unsent>) -> Result<Option<String>, sqlx::Error> {
+        let mut confirmed_seqs: Vec<i64> = Vec::new();
         for chunk in rows.chunks(self.config.max_in_flight as usize) {
             let outgoing: Vec<Outgoing> = chunk.iter().map(|row| row.outgoing.clone()).collect();
-            let (confirmed, failure) = self.transport.publish_batch(&outgoing).await;
-            if confirmed > 0 {
-                let seqs: Vec<i64> = chunk[..confirmed].iter().map(|row| row.seq).collect();
-                sqlx::query("UPDATE chassis_outbox SET sent_at = now() WHERE seq = ANY($1)")
-                    .bind(&seqs)
-                    .execute(&self.pool)
-                    .await?;
-                metrics::counter!(PUBLISHED_TOTAL).increment(confirmed as u64);
-            }
+            let (published, marked) = tokio::join!(
+                self.transport.publish_batch(&outgoing),
+                mark_sent(&mut *session, std::mem::take(&mut confirmed_seqs)),
+            );
+            marked?;
+            let (confirmed, failure) = published;
+            confirmed_seqs = chunk[..confirmed].iter().map(|row| row.seq).collect();
             if let Some(error) = failure {
+                mark_sent(&mut *session, confirmed_seqs).await?;
                 let error = error.to_string();
                 if let Some(failed) = chunk.get(confirmed) {
                     sqlx::query("UPDATE chassis_outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1")
                         .bind(failed.seq)
                         .bind(&error)
-                        .execute(&self.pool)
+                        .execute(&mut *session)
                         .await?;
                 }
                 metrics::counter!(PUBLISH_FAILURES_TOTAL).increment(1);
                 return Ok(Some(error));
             }
         }
+        mark_sent(session, confirmed_seqs).await?;
         Ok(None)
     }
 
@@ -217,6 +224,19 @@ impl Relay {
             .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
             .min(self.config.retry_max_delay)
     }
+}
+
+/// Marks the rows `seqs` sent (nothing to do for none).
+async fn mark_sent(session: &mut PgConnection, seqs: Vec<i64>) -> Result<(), sqlx::Error> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE chassis_outbox SET sent_at = now() WHERE seq = ANY($1)")
+        .bind(&seqs)
+        .execute(session)
+        .await?;
+    metrics::counter!(PUBLISHED_TOTAL).increment(seqs.len() as u64);
+    Ok(())
 }
 
 /// The rows of `origin` not published yet and the age of the oldest of them.
