@@ -13,6 +13,16 @@ pub fn routes() -> Router {
         .route("/health", get(|| async { "ok" }))
 }
 
+/// Deletes the streams a run made on NATS for `namespace`.
+pub async fn delete_nats_streams(nats: &chassis::messaging::NatsTransport, namespace: &str) {
+    for family in ["EVENTS", "COMMANDS", "DEAD_LETTERS"] {
+        let _ = nats
+            .jetstream()
+            .delete_stream(format!("{}_{family}", namespace.to_uppercase()))
+            .await;
+    }
+}
+
 /// `POST /payments` answering 201, for the idempotency load runs.
 pub fn payments() -> Router {
     Router::new().route(

@@ -13,7 +13,7 @@ use axum::routing::post;
 use chassis::messaging::{Bus, Event, Incoming, Kind, Message, MessagingConfig, Transport};
 use chassis::runtime::{Options, RunningService, StartError};
 use chassis::storage::Transaction;
-use chassis::testing::{Fault, FaultProxy, backend, backend_url, eventually};
+use chassis::testing::{Fault, FaultProxy, backend, backend_url, eventually, reachable};
 use serde::{Deserialize, Serialize};
 use sqlx::{AssertSqlSafe, PgPool};
 
@@ -33,6 +33,15 @@ fn postgres_url() -> String {
 
 fn nats_url() -> String {
     backend_url("NATS_URL", "nats://127.0.0.1:4222")
+}
+
+/// The URL of `transport`'s broker, or `None` when it is unreachable and the test may skip.
+async fn broker(transport: &str) -> Option<String> {
+    let (name, url, port) = match transport {
+        "nats" => ("NATS", nats_url(), 4222),
+        _ => ("RabbitMQ", amqp_url(), 5672),
+    };
+    backend(name, reachable(&url, port)).await.map(|()| url)
 }
 
 fn amqp_url() -> String {
@@ -240,21 +249,14 @@ async fn outbox_publishes_committed_messages_only_over_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_publishes_committed_messages_only_over_nats() {
-    if backend("NATS", async_nats::connect(nats_url())).await.is_none() {
-        return;
-    }
-    committed_only("nats", &nats_url()).await;
+    let Some(url) = broker("nats").await else { return };
+    committed_only("nats", &url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_publishes_committed_messages_only_over_rabbitmq() {
-    if backend("RabbitMQ", lapin::Connection::connect(&amqp_url(), Default::default()))
-        .await
-        .is_none()
-    {
-        return;
-    }
-    committed_only("amqp", &amqp_url()).await;
+    let Some(url) = broker("amqp").await else { return };
+    committed_only("amqp", &url).await;
 }
 
 /// Two replicas write orders while the broker is unreachable twice and the relay's PostgreSQL
@@ -327,21 +329,14 @@ async fn survives_outages(transport: &str, url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_and_inbox_survive_broker_outages_and_a_killed_relay_over_nats() {
-    if backend("NATS", async_nats::connect(nats_url())).await.is_none() {
-        return;
-    }
-    survives_outages("nats", &nats_url()).await;
+    let Some(url) = broker("nats").await else { return };
+    survives_outages("nats", &url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_and_inbox_survive_broker_outages_and_a_killed_relay_over_rabbitmq() {
-    if backend("RabbitMQ", lapin::Connection::connect(&amqp_url(), Default::default()))
-        .await
-        .is_none()
-    {
-        return;
-    }
-    survives_outages("amqp", &amqp_url()).await;
+    let Some(url) = broker("amqp").await else { return };
+    survives_outages("amqp", &url).await;
 }
 
 /// The payments service of the idempotency tests: `POST /payments` writes a row in the
@@ -906,19 +901,12 @@ async fn dead_letters_are_listed_and_replayed_in_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_replayed_over_nats() {
-    if backend("NATS", async_nats::connect(nats_url())).await.is_none() {
-        return;
-    }
-    dead_letters_through_the_admin_port("nats", &nats_url()).await;
+    let Some(url) = broker("nats").await else { return };
+    dead_letters_through_the_admin_port("nats", &url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_replayed_over_rabbitmq() {
-    if backend("RabbitMQ", lapin::Connection::connect(&amqp_url(), Default::default()))
-        .await
-        .is_none()
-    {
-        return;
-    }
-    dead_letters_through_the_admin_port("amqp", &amqp_url()).await;
+    let Some(url) = broker("amqp").await else { return };
+    dead_letters_through_the_admin_port("amqp", &url).await;
 }

@@ -169,12 +169,7 @@ async fn main() {
         .await
         .expect("NATS");
     broker("NATS JetStream", Arc::new(nats.clone()), &config, &pool, messages).await;
-    for family in ["EVENTS", "COMMANDS", "DEAD_LETTERS"] {
-        let _ = nats
-            .jetstream()
-            .delete_stream(format!("{}_{family}", namespace.to_uppercase()))
-            .await;
-    }
+    chassis_benches::delete_nats_streams(&nats, &namespace).await;
     let amqp = AmqpTransport::connect(&env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"), &config)
         .await
         .expect("RabbitMQ");

@@ -31,11 +31,26 @@ fn error(e: impl std::fmt::Display) -> StoreError {
     StoreError::new("postgres", e)
 }
 
-/// Marks a claim done with its response, if the claim is still the current one.
-const COMPLETE: &str = "UPDATE chassis_idempotency
-     SET state = 'done', status = $3, headers = $4, body = $5,
-         expires_at = now() + $6 * interval '1 millisecond'
-     WHERE key = $1 AND token = $2 AND state = 'in_flight' AND expires_at > now()";
+/// Marks the claim `token` on `key` done with its response, if the claim is still the current one.
+fn complete_query<'q>(
+    key: &'q str,
+    token: &'q str,
+    response: &'q StoredResponse,
+    ttl: Duration,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(
+        "UPDATE chassis_idempotency
+         SET state = 'done', status = $3, headers = $4, body = $5,
+             expires_at = now() + $6 * interval '1 millisecond'
+         WHERE key = $1 AND token = $2 AND state = 'in_flight' AND expires_at > now()",
+    )
+    .bind(key)
+    .bind(token)
+    .bind(i32::from(response.status))
+    .bind(response.encode_headers())
+    .bind(response.body.as_slice())
+    .bind(millis(ttl))
+}
 
 fn millis(duration: Duration) -> i64 {
     (duration.as_millis() as i64).max(1)
@@ -124,13 +139,7 @@ impl PostgresStore {
         response: &StoredResponse,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(COMPLETE)
-            .bind(key)
-            .bind(token)
-            .bind(i32::from(response.status))
-            .bind(response.encode_headers())
-            .bind(response.body.as_slice())
-            .bind(millis(ttl))
+        let updated = complete_query(key, token, response, ttl)
             .execute(connection)
             .await
             .map_err(error)?
@@ -250,13 +259,7 @@ impl IdempotencyStore for PostgresStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            sqlx::query(COMPLETE)
-                .bind(key)
-                .bind(token)
-                .bind(i32::from(response.status))
-                .bind(response.encode_headers())
-                .bind(response.body.as_slice())
-                .bind(millis(ttl))
+            complete_query(key, token, response, ttl)
                 .execute(&self.pool)
                 .await
                 .map_err(error)?;

@@ -348,6 +348,15 @@ mod tests {
         }
     }
 
+    /// A breaker of [`config`] that opens at the first failure.
+    fn opening_at_the_first_failure() -> Breaker {
+        let config = CircuitBreakerConfig {
+            consecutive_failures: 1,
+            ..config()
+        };
+        Breaker::new("t", config).unwrap()
+    }
+
     fn call(breaker: &Breaker, success: bool) -> Result<(), CircuitOpen> {
         breaker.try_acquire().map(|permit| permit.record_result(success))
     }
@@ -400,14 +409,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lets_exactly_the_probes_through_after_the_wait_and_closes_when_they_succeed() {
-        let breaker = Breaker::new(
-            "t",
-            CircuitBreakerConfig {
-                consecutive_failures: 1,
-                ..config()
-            },
-        )
-        .unwrap();
+        let breaker = opening_at_the_first_failure();
         call(&breaker, false).unwrap();
         assert_eq!(breaker.state(), State::Open);
         tokio::time::advance(Duration::from_millis(9_999)).await;
@@ -453,14 +455,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_probe_gives_its_slot_back() {
-        let breaker = Breaker::new(
-            "t",
-            CircuitBreakerConfig {
-                consecutive_failures: 1,
-                ..config()
-            },
-        )
-        .unwrap();
+        let breaker = opening_at_the_first_failure();
         call(&breaker, false).unwrap();
         tokio::time::advance(Duration::from_secs(10)).await;
         let a = breaker.try_acquire().unwrap();
@@ -474,14 +469,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn late_outcomes_from_an_earlier_state_do_not_move_the_new_one() {
-        let breaker = Breaker::new(
-            "t",
-            CircuitBreakerConfig {
-                consecutive_failures: 1,
-                ..config()
-            },
-        )
-        .unwrap();
+        let breaker = opening_at_the_first_failure();
         let slow_call = breaker.try_acquire().unwrap();
         call(&breaker, false).unwrap();
         tokio::time::advance(Duration::from_secs(10)).await;
