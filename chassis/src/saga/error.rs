@@ -9,7 +9,7 @@ pub enum SagaError {
     /// The store could not be read or written.
     #[error("saga store: {0}")]
     Store(String),
-    /// [`Saga::start`] with an id that was started before.
+    /// [`Saga::start`](super::Saga::start) with an id that was started before.
     #[error("saga {saga:?} with id {id:?} already exists (status {status}); look it up with Saga::status", status = .status.as_str())]
     AlreadyStarted {
         /// The saga.

@@ -1,8 +1,10 @@
 //! The OTLP span exporter, over HTTP/protobuf or gRPC as configured.
 
+use opentelemetry_otlp::WithExportConfig;
+#[cfg(feature = "otlp-http")]
+use opentelemetry_otlp::WithHttpConfig;
+
 use super::{OtlpConfig, OtlpProtocol, TelemetryError};
-#[allow(unused_imports)]
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 
 fn describe(config: &OtlpConfig) -> String {
     config

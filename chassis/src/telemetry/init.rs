@@ -14,7 +14,7 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use super::request_span::{self, RequestSpans, ServerContextLayer};
 use super::span_source::{self, SpanSource};
-use super::{LogFormat, TelemetryConfig, exporter, format};
+use super::{LogFormat, TelemetryConfig, format};
 use crate::config::ServiceConfig;
 
 /// Why telemetry could not start.
@@ -208,6 +208,18 @@ fn build_provider(
     if disabled || !wanted {
         return Ok((builder.build(), false));
     }
-    let exporter = exporter::build(&config.otlp)?;
-    Ok((builder.with_batch_exporter(exporter).build(), true))
+    #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+    {
+        let exporter = super::exporter::build(&config.otlp)?;
+        Ok((builder.with_batch_exporter(exporter).build(), true))
+    }
+    #[cfg(not(any(feature = "otlp-http", feature = "otlp-grpc")))]
+    Err(TelemetryError::Exporter {
+        endpoint: config
+            .otlp
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "OTEL_EXPORTER_OTLP_*".into()),
+        reason: "no OTLP protocol is compiled in: enable the chassis feature `otlp-http` or `otlp-grpc`".into(),
+    })
 }

@@ -18,6 +18,7 @@
 //! service name in the resource.
 
 mod config;
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 mod exporter;
 mod format;
 mod init;
