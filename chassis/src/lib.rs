@@ -38,6 +38,7 @@ pub mod storage;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 pub use error::{BoxError, Error, Result};
 pub use runtime::{Context, Options, RunningService, run, start};

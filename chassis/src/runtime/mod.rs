@@ -17,11 +17,13 @@
 mod admin;
 mod checks;
 mod config;
+mod connection;
 mod context;
 mod dependencies;
 pub mod inbound;
 #[cfg(feature = "postgres")]
 mod retention;
+mod server;
 mod settings;
 
 use std::future::Future;
@@ -30,7 +32,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::{IncomingStream, Listener, ListenerExt as _};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -43,6 +44,7 @@ pub use context::{Context, NotConfigured};
 pub use inbound::Inbound;
 #[cfg(feature = "postgres")]
 pub use retention::RETENTION_DELETED_TOTAL;
+pub use server::{CLOSED_CONNECTIONS, OPEN_CONNECTIONS, REJECTED_CONNECTIONS};
 pub use settings::{AdminConfig, HttpConfig, RetentionConfig, ShutdownConfig, StartupConfig};
 
 use crate::client::Clients;
@@ -166,6 +168,9 @@ pub enum StartError {
         /// The last attempt's error.
         reason: String,
     },
+    /// The listener's TLS certificate or key could not be loaded.
+    #[error("cannot serve HTTPS: {0}; check http.tls.cert_file and http.tls.key_file")]
+    Tls(crate::tls::TlsError),
     /// The service's init function returned an error.
     #[error("the service's init function failed: {}", .0.report())]
     Init(crate::Error),
@@ -268,27 +273,6 @@ async fn bind(
     Ok((bound, local))
 }
 
-/// Hands every connection its own [`Inbound`] carrying the peer address.
-#[derive(Clone)]
-struct MakeInbound(Inbound);
-
-impl<L> tower::Service<IncomingStream<'_, L>> for MakeInbound
-where
-    L: Listener<Addr = SocketAddr>,
-{
-    type Response = Inbound;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<Inbound, std::convert::Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: IncomingStream<'_, L>) -> Self::Future {
-        std::future::ready(Ok(self.0.clone().with_remote_addr(*stream.remote_addr())))
-    }
-}
-
 /// Starts a service on the current tokio runtime and returns once it serves.
 ///
 /// `init` gets the [`Context`] and returns the service's routes; it runs after the admin
@@ -327,13 +311,32 @@ where
     let dead_letters = admin::DeadLetterSource::default();
     let admin = admin_router(health.clone(), metrics.clone(), breakers.clone())
         .merge(admin::dead_letter_routes(dead_letters.clone()));
-    let admin_stop = CancellationToken::new();
+    let limits = std::sync::Arc::new(connection::Limits::of(&chassis.http));
+    let tls = match &chassis.http.tls {
+        Some(tls) => Some(std::sync::Arc::new(
+            crate::tls::ReloadingAcceptor::new(tls).map_err(StartError::Tls)?,
+        )),
+        None => None,
+    };
+    server::describe_metrics();
+    let connections = TaskTracker::new();
+    // The admin listener keeps answering while the service drains: readiness must say `fail`.
+    let admin_phases = connection::Phases::default();
+    let admin_stop = admin_phases.stop.clone();
     let (admin_addr, admin_server) = if chassis.admin.shared {
         (http_addr, None)
     } else {
         let (listener, addr) = bind(chassis.admin.addr(), "admin", "admin.port").await?;
-        let serve = axum::serve(listener, admin.clone()).with_graceful_shutdown(admin_stop.clone().cancelled_owned());
-        (addr, Some(tokio::spawn(serve.into_future())))
+        let listener = server::Listener {
+            tcp: listener,
+            name: "admin",
+            tls: None,
+            max_connections: chassis.http.max_connections,
+            limits: limits.clone(),
+        };
+        let admin = admin.clone();
+        let accept = server::spawn(listener, move |_| admin.clone(), admin_phases, TaskTracker::new());
+        (addr, Some(accept))
     };
     // The admin endpoints answer from here on; the startup probe fails until init is done.
     let dependencies = match dependencies::connect(&chassis, options.transport, &health).await {
@@ -404,12 +407,26 @@ where
     if chassis.admin.shared {
         inbound = inbound.with_admin(admin);
     }
-    let listener = main_listener.tap_io(|tcp| {
-        // Responses are written whole; waiting for Nagle only adds latency.
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, MakeInbound(inbound)).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let server = tokio::spawn(server.into_future());
+    if let Some(tls) = &tls {
+        tasks.spawn(reload_certificates(tls.clone(), stop.clone()));
+    }
+    let phases = connection::Phases {
+        stop: stop.clone(),
+        ..connection::Phases::default()
+    };
+    let listener = server::Listener {
+        tcp: main_listener,
+        name: "http",
+        tls,
+        max_connections: chassis.http.max_connections,
+        limits,
+    };
+    let server = server::spawn(
+        listener,
+        move |peer| inbound.clone().with_remote_addr(peer),
+        phases.clone(),
+        connections.clone(),
+    );
     health.mark_ready();
     tracing::info!(
         service = %chassis.service.name,
@@ -423,9 +440,10 @@ where
     let begin = CancellationToken::new();
     let supervisor = tokio::spawn(supervise(Supervised {
         begin: begin.clone(),
-        stop,
+        phases,
         admin_stop,
         server,
+        connections,
         admin_server,
         tasks,
         health: health.clone(),
@@ -443,28 +461,35 @@ where
 
 struct Supervised {
     begin: CancellationToken,
-    stop: CancellationToken,
+    phases: connection::Phases,
     admin_stop: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
-    admin_server: Option<JoinHandle<std::io::Result<()>>>,
+    server: JoinHandle<()>,
+    connections: TaskTracker,
+    admin_server: Option<JoinHandle<()>>,
     tasks: TaskTracker,
     health: HealthRegistry,
     config: ShutdownConfig,
     telemetry: TelemetryGuard,
 }
 
-async fn supervise(mut s: Supervised) -> Stopped {
+async fn supervise(s: Supervised) -> Stopped {
     s.begin.cancelled().await;
     s.health.mark_draining();
+    // From here every response closes its connection and idle connections are closed, so
+    // clients move to other replicas while this one still answers.
+    s.phases.draining.cancel();
     tracing::info!(
         readiness_delay = %crate::config::duration::format(&s.config.readiness_delay),
-        "shutdown started: readiness now fails; the listener closes after the readiness delay"
+        "shutdown started: readiness now fails and connections are closed after their response; \
+         the listener closes after the readiness delay"
     );
     tokio::time::sleep(s.config.readiness_delay).await;
-    s.stop.cancel();
+    s.phases.stop.cancel();
     s.tasks.close();
+    s.connections.close();
     let drain = async {
-        let _ = (&mut s.server).await;
+        let _ = s.server.await;
+        s.connections.wait().await;
         s.tasks.wait().await;
     };
     let outcome = match tokio::time::timeout(s.config.grace_period, drain).await {
@@ -473,9 +498,10 @@ async fn supervise(mut s: Supervised) -> Stopped {
             Stopped::Drained
         }
         Err(_) => {
-            s.server.abort();
+            s.phases.abandon.cancel();
             tracing::error!(
                 grace_period = %crate::config::duration::format(&s.config.grace_period),
+                connections = s.connections.len(),
                 background_tasks = s.tasks.len(),
                 "shutdown.grace_period ran out; abandoning the requests and tasks still running"
             );
@@ -489,6 +515,24 @@ async fn supervise(mut s: Supervised) -> Stopped {
     }
     s.telemetry.shutdown().await;
     outcome
+}
+
+/// Checks the listener's certificate files every `reload_interval` and uses renewed ones.
+async fn reload_certificates(tls: std::sync::Arc<crate::tls::ReloadingAcceptor>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(tls.reload_interval()) => {}
+        }
+        match tls.reload_if_changed() {
+            Ok(true) => tracing::info!("the listener's TLS certificate changed on disk and is in use"),
+            Ok(false) => {}
+            Err(error) => tracing::error!(
+                %error,
+                "the listener's TLS files changed but cannot be used; the previous certificate stays in use"
+            ),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::config::{ByteSize, Problems, Validate};
 use crate::resilience::RateLimitConfig;
+use crate::tls::ServerTlsConfig;
 
 /// `[http]`: the main listener and the limits every request gets.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -32,6 +33,36 @@ pub struct HttpConfig {
     /// [`RateLimitConfig`]). Default: none.
     /// Per-route limits are added with `RateLimitLayer` on the routes.
     pub rate_limit: Option<RateLimitConfig>,
+    /// `http.header_read_timeout`: how long a client may take to send a complete request head
+    /// (request line and headers), counted from the connection's start for its first request
+    /// and from the head's first byte for later ones; then the connection is closed. Protects
+    /// against slow-header (slowloris) clients. Also bounds a TLS handshake. Applies to both
+    /// listeners. Default `"10s"` (Envoy's recommended edge setting; nginx uses 60 s).
+    #[serde(with = "crate::config::duration")]
+    pub header_read_timeout: Duration,
+    /// `http.keep_alive_timeout`: how long a connection may stay open without a request in
+    /// progress before the server closes it. Keep it above the idle timeout of the load
+    /// balancer in front (60 s for AWS' ALB), so the balancer, not the service, closes idle
+    /// connections. Applies to both listeners. Default `"75s"` (nginx's).
+    #[serde(with = "crate::config::duration")]
+    pub keep_alive_timeout: Duration,
+    /// `http.max_requests_per_connection`: after this many requests a connection is closed
+    /// (the last response says `Connection: close`; HTTP/2 gets a GOAWAY), which spreads
+    /// long-lived clients over replicas. Default `1000` (nginx's `keepalive_requests`); `0`:
+    /// no limit.
+    pub max_requests_per_connection: u32,
+    /// `http.max_connection_age`: a connection this old is wound down the same way after its
+    /// running requests. Default `"0s"`: no limit.
+    #[serde(with = "crate::config::duration")]
+    pub max_connection_age: Duration,
+    /// `http.max_connections`: connections open at once on each listener; a connection over
+    /// the limit is answered `503` (`urn:chassis:problem:overloaded`, `Retry-After: 1`,
+    /// `Connection: close`) and closed (over TLS it is closed at once). Keep it below the
+    /// process' open-file limit (`ulimit -n`). Default `10000`; `0`: no limit.
+    pub max_connections: usize,
+    /// `[http.tls]`: serve HTTPS with these certificate files (see [`ServerTlsConfig`]).
+    /// Default: none, plain HTTP.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for HttpConfig {
@@ -43,6 +74,12 @@ impl Default for HttpConfig {
             body_limit: ByteSize::mib(2),
             max_concurrent_requests: 1024,
             rate_limit: None,
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(75),
+            max_requests_per_connection: 1000,
+            max_connection_age: Duration::ZERO,
+            max_connections: 10_000,
+            tls: None,
         }
     }
 }
@@ -63,6 +100,17 @@ impl Validate for HttpConfig {
         );
         problems.check(self.body_limit.bytes() > 0, "body_limit", "must be greater than zero");
         problems.nested("rate_limit", |p| self.rate_limit.validate(p));
+        problems.check(
+            !self.header_read_timeout.is_zero(),
+            "header_read_timeout",
+            "must be greater than zero",
+        );
+        problems.check(
+            !self.keep_alive_timeout.is_zero(),
+            "keep_alive_timeout",
+            "must be greater than zero",
+        );
+        problems.nested("tls", |p| self.tls.validate(p));
     }
 }
 
