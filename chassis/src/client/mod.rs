@@ -47,6 +47,7 @@ use crate::config::{ByteSize, ConfigError, Problems, Validate};
 use crate::resilience::{
     Breaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitBreakerRegistry, RetryConfig, RetryLayer, TimeoutLayer,
 };
+use crate::tls::{ClientTlsConfig, TlsError};
 
 /// `[clients.<name>]`: one downstream service.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -76,6 +77,28 @@ pub struct ClientConfig {
     pub retry: RetryConfig,
     /// `[circuit_breaker]`: see [`CircuitBreakerConfig`].
     pub circuit_breaker: CircuitBreakerConfig,
+    /// `[tls]`: how an `https://` downstream is verified, and the client certificate shown to
+    /// it (see [`ClientTlsConfig`]). Default: the system's trusted roots, no client
+    /// certificate.
+    pub tls: ClientTlsConfig,
+    /// `http_version`: `"auto"` (default: HTTP/2 when an `https://` server offers it by ALPN,
+    /// HTTP/1.1 otherwise), `"http1"` (HTTP/1.1 only) or `"http2"` (HTTP/2 only: by ALPN over
+    /// `https://`, with prior knowledge, h2c, over `http://`).
+    pub http_version: HttpVersion,
+}
+
+/// The HTTP versions a [`Client`] speaks (`http_version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum HttpVersion {
+    /// HTTP/2 when the server offers it by ALPN, HTTP/1.1 otherwise.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only; over `http://` with prior knowledge (h2c).
+    Http2,
 }
 
 impl Default for ClientConfig {
@@ -90,6 +113,8 @@ impl Default for ClientConfig {
             max_response_bytes: ByteSize::mib(8),
             retry: RetryConfig::default(),
             circuit_breaker: CircuitBreakerConfig::default(),
+            tls: ClientTlsConfig::default(),
+            http_version: HttpVersion::Auto,
         }
     }
 }
@@ -107,19 +132,16 @@ impl ClientConfig {
 impl Validate for ClientConfig {
     fn validate(&self, problems: &mut Problems) {
         match self.base_url.parse::<Uri>() {
-            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
-            Ok(uri) if uri.scheme_str() == Some("https") => problems.push(
-                "base_url",
-                "https is not supported by the chassis client yet; call through a TLS-terminating sidecar",
-            ),
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
             _ => problems.push(
                 "base_url",
                 format!(
-                    "must be an absolute http:// URL such as \"http://payments:8080\", got {:?}",
+                    "must be an absolute http:// or https:// URL such as \"http://payments:8080\", got {:?}",
                     self.base_url
                 ),
             ),
         }
+        problems.nested("tls", |p| self.tls.validate(p));
         problems.check(!self.timeout.is_zero(), "timeout", "must be greater than zero");
         problems.check(
             !self.attempt_timeout.is_zero() && self.attempt_timeout <= self.timeout,
@@ -157,8 +179,17 @@ pub enum ClientError {
         /// Why it is invalid.
         reason: String,
     },
-    /// The request failed: connection error, timeout, open breaker, ...
-    #[error("request to {client} failed: {source}")]
+    /// The TLS settings of an `https://` client could not be loaded.
+    #[error("client {client}: {source}")]
+    Tls {
+        /// The client's name.
+        client: String,
+        /// What is wrong.
+        source: TlsError,
+    },
+    /// The request failed: connection error, TLS verification, timeout, open breaker, ... The
+    /// message carries the whole chain of causes.
+    #[error("request to {client} failed: {}", causes(source.as_ref()))]
     Request {
         /// The client's name.
         client: Arc<str>,
@@ -216,9 +247,30 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        // Plain-http clients only ever call their base URL's host (see `send`), so they need
+        // no roots.
+        let tls = match base.scheme_str() {
+            Some("https") => crate::tls::client_config(&config.tls).map_err(|source| ClientError::Tls {
+                client: name.to_string(),
+                source,
+            })?,
+            _ => plain_http_tls(),
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http();
+        let connector = match config.http_version {
+            HttpVersion::Auto => https.enable_all_versions().wrap_connector(connector),
+            HttpVersion::Http1 => https.enable_http1().wrap_connector(connector),
+            HttpVersion::Http2 => https.enable_http2().wrap_connector(connector),
+        };
         let hyper = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .http2_only(config.http_version == HttpVersion::Http2)
             .build::<_, Body>(connector);
         let connection = tower::service_fn(move |request: Request<Body>| {
             let hyper = hyper.clone();
@@ -283,8 +335,21 @@ impl Client {
     }
 
     /// Sends a request through the client's stack. A relative URI is taken as a path on the
-    /// downstream.
+    /// downstream; an absolute one must name the downstream's own scheme and host (a client,
+    /// its breaker and its pool belong to one downstream: make one client per host).
     pub async fn send(&self, mut request: Request<Body>) -> Result<Response<Body>, ClientError> {
+        if let Some(authority) = request.uri().authority()
+            && (Some(authority) != self.base.authority() || request.uri().scheme() != self.base.scheme())
+        {
+            return Err(ClientError::InvalidPath {
+                path: request.uri().to_string(),
+                reason: format!(
+                    "this client calls {}; configure a client per downstream host, so that each has its own \
+                     circuit breaker",
+                    self.base
+                ),
+            });
+        }
         if request.uri().authority().is_none() {
             let path = request
                 .uri()
@@ -340,6 +405,28 @@ impl Client {
                 reason: e.to_string(),
             })
     }
+}
+
+/// A TLS configuration for clients of `http://` URLs, which never make a TLS connection.
+fn plain_http_tls() -> std::sync::Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(crate::tls::trusting_nothing).clone()
+}
+
+/// An error and its causes, outermost first: `client error (Connect): invalid peer
+/// certificate: UnknownIssuer`.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Decodes a JSON response body (up to 8 MiB); a non-2xx status is an error carrying the body.

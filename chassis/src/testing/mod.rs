@@ -18,6 +18,7 @@
 
 mod backend;
 mod otlp;
+mod pki;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod proxy;
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 
 pub use backend::{backend, backend_url, backends_required, eventually, eventually_within, host_port, reachable};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
+pub use pki::{IssuedCertificate, TestPki};
 #[cfg(feature = "postgres")]
 pub use postgres::postgres_schema;
 pub use proxy::{Fault, FaultProxy};

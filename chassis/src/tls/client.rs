@@ -101,7 +101,8 @@ fn system_roots() -> Result<Arc<rustls::RootCertStore>, TlsError> {
         })
 }
 
-/// The rustls client configuration of `config`, offering HTTP/2 and HTTP/1.1 by ALPN.
+/// The rustls client configuration of `config` (without ALPN protocols: the connector
+/// offers the HTTP versions the client speaks).
 ///
 /// ```
 /// use chassis::tls::{ClientTlsConfig, client_config};
@@ -121,7 +122,7 @@ pub fn client_config(config: &ClientTlsConfig) -> Result<Arc<rustls::ClientConfi
             reason: e.to_string(),
         })?
         .with_root_certificates(roots);
-    let mut tls = match (&config.cert_file, &config.key_file) {
+    let tls = match (&config.cert_file, &config.key_file) {
         (Some(cert_file), Some(key_file)) => {
             let chain = files::certificates("certificate file", cert_file)?;
             let key = files::private_key(key_file)?;
@@ -134,6 +135,15 @@ pub fn client_config(config: &ClientTlsConfig) -> Result<Arc<rustls::ClientConfi
         }
         _ => builder.with_no_client_auth(),
     };
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(tls))
+}
+
+/// A client configuration that trusts no server, for clients that never make a TLS connection.
+pub(crate) fn trusting_nothing() -> Arc<rustls::ClientConfig> {
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    Arc::new(config)
 }

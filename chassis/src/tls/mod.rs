@@ -16,6 +16,7 @@ mod client;
 mod files;
 mod server;
 
+pub(crate) use client::trusting_nothing;
 pub use client::{ClientTlsConfig, client_config};
 pub use server::{ReloadingAcceptor, ServerTlsConfig};
 
