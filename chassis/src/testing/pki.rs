@@ -94,7 +94,7 @@ impl TestPki {
         &self,
         names: &[&str],
         usage: ExtendedKeyUsagePurpose,
-        validity: Option<((i32, u8, u8), (i32, u8, u8))>,
+        validity: Option<(Day, Day)>,
     ) -> IssuedCertificate {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names.clone()).expect("certificate parameters");
@@ -119,6 +119,9 @@ impl TestPki {
         }
     }
 }
+
+/// A calendar day: year, month, day.
+type Day = (i32, u8, u8);
 
 impl Drop for TestPki {
     fn drop(&mut self) {
