@@ -49,6 +49,16 @@ struct Inner<T> {
     redis: Option<redis::aio::ConnectionManager>,
     /// Set when the service asks for the outbox: the runtime then runs its relay.
     outbox_used: Arc<AtomicBool>,
+    listeners: Listeners,
+}
+
+/// What an extra listener shares with the main one: its connection limits, its phases at
+/// shutdown and the tracker shutdown waits on.
+#[derive(Debug, Clone)]
+pub(super) struct Listeners {
+    pub(super) limits: Arc<super::connection::Limits>,
+    pub(super) phases: super::connection::Phases,
+    pub(super) connections: TaskTracker,
 }
 
 /// What the runtime hands a [`Context`].
@@ -64,6 +74,7 @@ pub(super) struct Parts<T> {
     pub(super) postgres: Option<sqlx::PgPool>,
     #[cfg(feature = "redis")]
     pub(super) redis: Option<redis::aio::ConnectionManager>,
+    pub(super) listeners: Listeners,
 }
 
 /// The service asked for a dependency its configuration does not set up.
@@ -112,6 +123,7 @@ impl<T> Context<T> {
                 #[cfg(feature = "redis")]
                 redis: parts.redis,
                 outbox_used: Arc::default(),
+                listeners: parts.listeners,
             }),
         }
     }
@@ -248,6 +260,50 @@ impl<T> Context<T> {
         F::Output: Send + 'static,
     {
         self.inner.tasks.spawn(task)
+    }
+
+    /// Serves `routes` on a listener of their own at `addr`, with the same inbound stack and
+    /// connection limits as the main listener, draining and closing with it at shutdown.
+    /// Returns the bound address (the real port for port 0). `name` is the `listener` label
+    /// of its connection metrics.
+    ///
+    /// For a second face of one service: the sidecar's egress port next to its ingress, an
+    /// internal API on another interface.
+    ///
+    /// ```no_run
+    /// # async fn demo(ctx: chassis::Context<()>) -> chassis::Result<()> {
+    /// let internal = axum::Router::new().route("/internal", axum::routing::get(|| async { "ok" }));
+    /// let addr = ctx.listen("internal", "127.0.0.1:15001".parse()?, internal).await?;
+    /// # let _ = addr; Ok(()) }
+    /// ```
+    pub async fn listen(
+        &self,
+        name: &'static str,
+        addr: std::net::SocketAddr,
+        routes: axum::Router,
+    ) -> crate::Result<std::net::SocketAddr> {
+        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            crate::Error::msg(format!(
+                "cannot listen on {addr} ({name}): {e}; free the port or choose another"
+            ))
+        })?;
+        let bound = tcp.local_addr()?;
+        let inbound = super::Inbound::new(routes, self.config());
+        let listeners = &self.inner.listeners;
+        let listener = super::server::Listener {
+            tcp,
+            name,
+            tls: None,
+            max_connections: self.config().http.max_connections,
+            limits: listeners.limits.clone(),
+        };
+        super::server::spawn(
+            listener,
+            move |peer| inbound.clone().with_remote_addr(peer),
+            listeners.phases.clone(),
+            listeners.connections.clone(),
+        );
+        Ok(bound)
     }
 
     /// The tracker of tasks started with [`Context::spawn`].

@@ -357,6 +357,10 @@ where
         chassis.messaging.clone(),
     );
     health.register(bus.consumers_check());
+    let phases = connection::Phases {
+        stop: stop.clone(),
+        ..connection::Phases::default()
+    };
     let ctx = Context::new(context::Parts {
         config,
         clients,
@@ -369,6 +373,11 @@ where
         postgres: dependencies.postgres.clone(),
         #[cfg(feature = "redis")]
         redis: dependencies.redis.clone(),
+        listeners: context::Listeners {
+            limits: limits.clone(),
+            phases: phases.clone(),
+            connections: connections.clone(),
+        },
     });
     let outbox_used = ctx.outbox_used();
     let routes = match init(ctx).await {
@@ -410,10 +419,6 @@ where
     if let Some(tls) = &tls {
         tasks.spawn(reload_certificates(tls.clone(), stop.clone()));
     }
-    let phases = connection::Phases {
-        stop: stop.clone(),
-        ..connection::Phases::default()
-    };
     let listener = server::Listener {
         tcp: main_listener,
         name: "http",
@@ -421,7 +426,7 @@ where
         max_connections: chassis.http.max_connections,
         limits,
     };
-    let server = server::spawn(
+    server::spawn(
         listener,
         move |peer| inbound.clone().with_remote_addr(peer),
         phases.clone(),
@@ -442,7 +447,6 @@ where
         begin: begin.clone(),
         phases,
         admin_stop,
-        server,
         connections,
         admin_server,
         tasks,
@@ -463,7 +467,6 @@ struct Supervised {
     begin: CancellationToken,
     phases: connection::Phases,
     admin_stop: CancellationToken,
-    server: JoinHandle<()>,
     connections: TaskTracker,
     admin_server: Option<JoinHandle<()>>,
     tasks: TaskTracker,
@@ -488,9 +491,7 @@ async fn supervise(s: Supervised) -> Stopped {
     s.tasks.close();
     s.connections.close();
     let drain = async {
-        let _ = s.server.await;
-        s.connections.wait().await;
-        s.tasks.wait().await;
+        tokio::join!(s.connections.wait(), s.tasks.wait());
     };
     let outcome = match tokio::time::timeout(s.config.grace_period, drain).await {
         Ok(()) => {

@@ -66,14 +66,15 @@ pub(crate) struct Listener {
 }
 
 /// Accepts connections until `phases.stop`, serving each on a task of `connections` with the
-/// service `make` returns for its peer.
+/// service `make` returns for its peer. The accept loop is a task of `connections` too, so
+/// waiting for them all includes the connections it takes from the listen queue at the close.
 pub(crate) fn spawn<M, S>(listener: Listener, make: M, phases: Phases, connections: TaskTracker) -> JoinHandle<()>
 where
     M: Fn(SocketAddr) -> S + Send + 'static,
     S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    tokio::spawn(accept(listener, make, phases, connections))
+    connections.spawn(accept(listener, make, phases, connections.clone()))
 }
 
 async fn accept<M, S>(listener: Listener, make: M, phases: Phases, connections: TaskTracker)

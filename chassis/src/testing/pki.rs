@@ -90,12 +90,7 @@ impl TestPki {
         self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth, None)
     }
 
-    fn issue(
-        &self,
-        names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-        validity: Option<(Day, Day)>,
-    ) -> IssuedCertificate {
+    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose, validity: Option<(Day, Day)>) -> IssuedCertificate {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names.clone()).expect("certificate parameters");
         params
