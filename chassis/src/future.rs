@@ -44,6 +44,17 @@ impl<T> Answer<Result<T, BoxError>> for Rejection {
     }
 }
 
+/// A response the layer answers with itself (boxed: rejections are rare, and the answer is part
+/// of every request's future).
+pub(crate) struct Answered(pub(crate) Box<axum::response::Response>);
+
+impl<E> Answer<Result<axum::response::Response, E>> for Answered {
+    #[inline(always)]
+    fn into_output(self) -> Result<axum::response::Response, E> {
+        Ok(*self.0)
+    }
+}
+
 impl<F, A> Call<F, A> {
     #[inline(always)]
     pub(crate) fn called(future: F) -> Self {

@@ -27,6 +27,7 @@ mod future;
 pub mod health;
 pub mod http;
 pub mod idempotency;
+pub mod identity;
 pub mod messaging;
 pub mod metrics;
 pub mod outbox;
@@ -67,4 +68,6 @@ mod guide {
     struct Errors;
     #[doc = include_str!("../../docs/src/saga.md")]
     struct Saga;
+    #[doc = include_str!("../../docs/src/security.md")]
+    struct Security;
 }

@@ -52,6 +52,11 @@ stop_all() {
 }
 trap 'stop_all' INT TERM
 
+# The gateway signs who each request is from with this secret; the services verify it. A demo
+# value, as in the one-process shop: a deployment mounts its own and sets
+# APP__IDENTITY__SECRETS='[{"file":"/run/secrets/identity"}]'.
+identity_secret='["demo-identity-secret-of-32-bytes!"]'
+
 # run <service> <port offset> [VAR=value...]
 run() {
     local name=$1 offset=$2
@@ -60,21 +65,31 @@ run() {
         APP__SHUTDOWN__READINESS_DELAY=0s \
         APP__MESSAGING__TRANSPORT="$transport" APP__MESSAGING__URL="$broker" \
         APP__MESSAGING__NAMESPACE="$namespace" \
+        APP__IDENTITY__SECRETS="$identity_secret" \
         "$@" "$bin/shop-$name" >"$logs/$name.log" 2>&1 &
     pids+=($!)
+}
+
+# client <name> <port> <attempt timeout> <timeout>: the same client settings as the one-process shop
+# (shop::Setup): one retry, and a breaker that opens after three failures in a row for 5 s.
+client() {
+    local var=APP__CLIENTS__${1^^}
+    echo "${var}__BASE_URL=http://127.0.0.1:$2" "${var}__ATTEMPT_TIMEOUT=$3" "${var}__TIMEOUT=$4" \
+        "${var}__RETRY__MAX_RETRIES=1" "${var}__RETRY__BASE_DELAY=10ms" \
+        "${var}__CIRCUIT_BREAKER__CONSECUTIVE_FAILURES=3" "${var}__CIRCUIT_BREAKER__OPEN_DURATION=5s" \
+        "${var}__CIRCUIT_BREAKER__HALF_OPEN_CALLS=1"
 }
 run orders 1 "${stateful[@]}"
 run inventory 2 "${stateful[@]}"
 run payments 3 "${stateful[@]}"
 run notifications 4 "${stateful[@]}"
-run orchestrator 5 "${stateful[@]}" \
-    APP__CLIENTS__INVENTORY__BASE_URL=http://127.0.0.1:8082 \
-    APP__CLIENTS__PAYMENTS__BASE_URL=http://127.0.0.1:8083
-run gateway 0 \
-    APP__CLIENTS__ORDERS__BASE_URL=http://127.0.0.1:8081 \
-    APP__CLIENTS__INVENTORY__BASE_URL=http://127.0.0.1:8082 \
-    APP__CLIENTS__PAYMENTS__BASE_URL=http://127.0.0.1:8083 \
-    APP__CLIENTS__ORCHESTRATOR__BASE_URL=http://127.0.0.1:8085
+# shellcheck disable=SC2046 # one word per setting
+run orchestrator 5 "${stateful[@]}" APP__STEP_TIMEOUT=2s \
+    $(client inventory 8082 2s 6s) $(client payments 8083 2s 6s)
+# shellcheck disable=SC2046
+run gateway 0 APP__IDENTITY__INCOMING=strip APP__JWT__SECRETS='["demo-secret"]' \
+    $(client orders 8081 1s 3s) $(client inventory 8082 1s 3s) $(client payments 8083 1s 3s) \
+    $(client orchestrator 8085 1s 3s)
 
 ready() { curl -fs "http://127.0.0.1:$((9090 + $1))/health/ready" >/dev/null; }
 for offset in 0 1 2 3 4 5; do

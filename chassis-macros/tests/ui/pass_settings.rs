@@ -8,7 +8,7 @@ struct Settings {
 async fn main(ctx: chassis::Context<Settings>) -> chassis::Result<axum::Router> {
     // ORDERS__GREETING is not set: the settings came from the built-in default below.
     assert_eq!(ctx.settings().greeting, "hello");
-    assert_eq!(ctx.config().service.name, "chassis-macros-tests");
+    assert_eq!(ctx.config().service.name, "service-chassis-macros-tests");
     std::process::exit(0)
 }
 

@@ -87,18 +87,19 @@ pub struct ClientConfig {
     pub http_version: HttpVersion,
 }
 
-/// The HTTP versions a [`Client`] speaks (`http_version`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum HttpVersion {
-    /// HTTP/2 when the server offers it by ALPN, HTTP/1.1 otherwise.
-    #[default]
-    Auto,
-    /// HTTP/1.1 only.
-    Http1,
-    /// HTTP/2 only; over `http://` with prior knowledge (h2c).
-    Http2,
+crate::config::choices! {
+    /// The HTTP versions a [`Client`] speaks (`http_version`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    #[non_exhaustive]
+    pub enum HttpVersion {
+        /// HTTP/2 when the server offers it by ALPN, HTTP/1.1 otherwise.
+        #[default]
+        Auto = "auto",
+        /// HTTP/1.1 only.
+        Http1 = "http1",
+        /// HTTP/2 only; over `http://` with prior knowledge (h2c).
+        Http2 = "http2",
+    }
 }
 
 impl Default for ClientConfig {

@@ -147,7 +147,7 @@ impl ConfigLoader {
             Some(vars) => env.source(Some(vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect())),
             None => env,
         };
-        builder = builder.add_source(env);
+        builder = builder.add_source(JsonValues(env));
         for (key, value) in &self.overrides {
             builder = builder
                 .set_override(key.as_str(), value.clone())
@@ -181,23 +181,122 @@ impl ConfigLoader {
             .map(|(k, v)| (k.clone(), v.clone()))
             .partition(|(k, _)| names.contains(&k.as_str()));
 
-        let sections: S = self.deserialize(Value::new(None, ValueKind::Table(owned)), &root)?;
-        let mut problems = Problems::default();
-        sections.validate(&mut problems);
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid(
-                problems.into_issues(|key| self.origin_of(&root, key)),
-            ));
-        }
-
-        let own = if TypeId::of::<T>() == TypeId::of::<()>() {
+        // Every problem in one report: the sections', the unknown sections, the settings'.
+        let mut issues = Vec::new();
+        let sections = match self.deserialize::<S>(Value::new(None, ValueKind::Table(owned)), &root, "") {
+            Ok(sections) => {
+                let mut problems = Problems::default();
+                sections.validate(&mut problems);
+                issues.extend(problems.into_issues(|key| self.origin_of(&root, key)));
+                Some(sections)
+            }
+            Err(error) => {
+                issues.extend(error.issues().iter().cloned());
+                None
+            }
+        };
+        let no_settings = TypeId::of::<T>() == TypeId::of::<()>();
+        let (unknown, own) = self.unknown_sections::<T>(own, names, &root);
+        issues.extend(unknown);
+        let own = if no_settings {
             Value::new(None, ValueKind::Nil)
         } else {
             Value::new(None, ValueKind::Table(own))
         };
-        let settings: T = self.deserialize(own, &root)?;
-        Ok((sections, settings))
+        let settings = match self.deserialize::<T>(own, &root, "") {
+            Ok(settings) => Some(settings),
+            Err(error) => {
+                issues.extend(error.issues().iter().cloned());
+                None
+            }
+        };
+        match (sections, settings) {
+            (Some(sections), Some(settings)) if issues.is_empty() => Ok((sections, settings)),
+            _ => Err(ConfigError::Invalid(issues)),
+        }
     }
+
+    /// The top-level keys that are no setting of the service and look like a misspelt section
+    /// (`htttp`). Returns their issues and the service's keys without them.
+    fn unknown_sections<T: DeserializeOwned + 'static>(
+        &self,
+        own: Map<String, Value>,
+        sections: &[&'static str],
+        root: &Map<String, Value>,
+    ) -> (Vec<super::ConfigIssue>, Map<String, Value>) {
+        let settings = field_names::<T>();
+        let mut issues = Vec::new();
+        let mut kept = Map::new();
+        for (key, value) in own {
+            let suggestion = super::report::closest(&key, sections.iter().copied());
+            let unknown = !settings.contains(&key.as_str()) && suggestion.is_some();
+            if !unknown {
+                kept.insert(key, value);
+                continue;
+            }
+            let problem = format!(
+                "unknown section; did you mean `{}`? (the chassis' sections are {})",
+                suggestion.unwrap_or_default(),
+                sections.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+            );
+            issues.push(super::ConfigIssue {
+                source: self.origin_of(root, &key),
+                key,
+                problem,
+            });
+        }
+        (issues, kept)
+    }
+}
+
+/// Environment variables whose value is a JSON array or object (`APP__JWT__SECRETS='["a","b"]'`)
+/// read as that list or table; every other value as the string it is.
+#[derive(Debug, Clone)]
+struct JsonValues(Environment);
+
+impl config::Source for JsonValues {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        let mut values = self.0.collect()?;
+        for value in values.values_mut() {
+            let ValueKind::String(text) = &value.kind else {
+                continue;
+            };
+            let trimmed = text.trim_start();
+            if !(trimmed.starts_with('[') || trimmed.starts_with('{')) {
+                continue;
+            }
+            let json: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                config::ConfigError::Message(format!(
+                    "an environment variable's value starts like JSON but is not: {e} (in {text:?})"
+                ))
+            })?;
+            *value = from_json(json);
+        }
+        Ok(values)
+    }
+}
+
+fn from_json(json: serde_json::Value) -> Value {
+    let origin = Some(&"the environment".to_owned());
+    let kind = match json {
+        serde_json::Value::Null => ValueKind::Nil,
+        serde_json::Value::Bool(b) => ValueKind::Boolean(b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => ValueKind::I64(i),
+            (None, Some(f)) => ValueKind::Float(f),
+            _ => ValueKind::String(n.to_string()),
+        },
+        serde_json::Value::String(s) => ValueKind::String(s),
+        serde_json::Value::Array(items) => ValueKind::Array(items.into_iter().map(from_json).collect()),
+        serde_json::Value::Object(fields) => {
+            ValueKind::Table(fields.into_iter().map(|(k, v)| (k, from_json(v))).collect())
+        }
+    };
+    Value::new(origin, kind)
 }
 
 fn toml_file(path: &Path, required: bool) -> File<config::FileSourceFile, FileFormat> {

@@ -40,19 +40,23 @@
 //! assert_eq!(settings.greeting, "hi");
 //! ```
 
+mod choices;
 mod error;
 mod introspect;
 mod loader;
 mod problems;
 mod report;
+mod secret;
 mod service;
 mod units;
 
 pub(crate) use introspect::field_names;
 
+pub(crate) use choices::choices;
 pub use error::{ConfigError, ConfigIssue};
 pub use loader::ConfigLoader;
 pub use problems::{Problems, Validate, validate};
+pub use secret::Secret;
 pub use service::{NoSettings, ServiceConfig};
 pub use units::{ByteSize, duration};
 
@@ -263,6 +267,81 @@ mod tests {
         assert!(issue.problem.contains("unknown key"), "{issue}");
         assert!(issue.problem.contains("port"), "{issue}");
         assert!(issue.source.ends_with("default.toml"), "{issue}");
+    }
+
+    #[test]
+    fn every_problem_of_every_source_is_reported_at_once_with_suggestions() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Strict {
+            retries: u8,
+            mode: Mode,
+        }
+        crate::config::choices! {
+            #[derive(Debug)]
+            enum Mode {
+                Fast = "fast",
+                Safe = "safe",
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "default.toml",
+            "mode = \"quick\"\n[http]\ntimeout = \"5 parsecs\"\n",
+        );
+        let error = loader(dir.path())
+            .environment_source([
+                ("APP__HTTP__PORTT", "81"),
+                ("APP__HTTTP__PORT", "1"),
+                ("APP__RETRIES", "many"),
+            ])
+            .load::<Sections, Strict>()
+            .unwrap_err();
+        let issues = error.issues();
+        let find = |key: &str| {
+            issues
+                .iter()
+                .find(|i| i.key == key)
+                .unwrap_or_else(|| panic!("no issue for {key} in {error}"))
+        };
+        assert!(find("http.portt").problem.contains("did you mean `port`"), "{error}");
+        assert_eq!(find("http.portt").source, "environment variable APP__HTTP__PORTT");
+        assert!(find("http.timeout").problem.contains("parsecs"), "{error}");
+        let section = find("htttp");
+        assert!(section.problem.contains("did you mean `http`"), "{error}");
+        assert_eq!(section.source, "environment variable APP__HTTTP__PORT");
+        assert!(find("retries").problem.contains("integer"), "{error}");
+        let mode = find("mode");
+        assert!(mode.problem.contains(r#"expected one of "fast", "safe""#), "{error}");
+        assert_eq!(issues.len(), 5, "{error}");
+    }
+
+    #[test]
+    fn lists_and_tables_come_from_the_environment_as_json() {
+        #[derive(Debug, Deserialize)]
+        struct Lists {
+            secrets: Vec<String>,
+            limits: std::collections::BTreeMap<String, u32>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (_, lists) = loader(dir.path())
+            .environment_source([
+                ("APP__SECRETS", r#"["one", "two"]"#),
+                ("APP__LIMITS", r#"{"orders": 5}"#),
+            ])
+            .load::<Sections, Lists>()
+            .unwrap();
+        assert_eq!(lists.secrets, ["one", "two"]);
+        assert_eq!(lists.limits["orders"], 5);
+        let error = loader(dir.path())
+            .environment_source([("APP__SECRETS", "[one")])
+            .load::<Sections, Lists>()
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("not JSON") || error.to_string().contains("is not"),
+            "{error}"
+        );
     }
 
     #[test]

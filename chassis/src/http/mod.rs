@@ -17,6 +17,7 @@
 
 pub mod body_limit;
 mod labels;
+mod plain_error;
 pub mod problem_response;
 pub mod recover_panic;
 mod route;

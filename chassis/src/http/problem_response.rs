@@ -64,7 +64,11 @@ pub fn problem_for(error: &(dyn std::error::Error + 'static)) -> Problem {
 }
 
 /// Turns the errors of the layers inside it into problem+json responses (see [`problem_for`]),
-/// so the service as a whole never fails and every rejection is a proper HTTP answer. An inner
+/// so the service as a whole never fails and every rejection is a proper HTTP answer. Client
+/// errors answered without problem details become problems too: an empty `404` or `405`
+/// (axum's own for an unknown path or method, or a handler's bare status) and a `text/plain`
+/// rejection (an extractor's "Failed to parse the request body as JSON"), whose text becomes
+/// the `detail`. An inner
 /// service that fails its readiness answers the next request with the problem for that error.
 ///
 /// ```
@@ -184,7 +188,7 @@ where
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Poll::Ready(Ok(match ready!(self.project().future.poll(cx)) {
-            Ok(response) => response,
+            Ok(response) => super::plain_error::as_problem(response),
             Err(error) => problem_for(&*error.into()).into_response(),
         }))
     }

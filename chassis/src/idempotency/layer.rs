@@ -39,10 +39,15 @@ pub struct IdempotencyConfig {
     pub header: String,
     /// `max_key_length`: longest accepted key. Default `255` (Stripe's).
     pub max_key_length: usize,
-    /// `identity_header`: the header naming the client (an API key, the authenticated
-    /// principal set by your auth layer). Keys are scoped by its value, so one client's key
-    /// can never replay another's response. Default: none (one scope for everybody).
-    pub identity_header: Option<String>,
+    /// `namespace`: a prefix of every key in the store, so services sharing a store never see
+    /// each other's keys. Set it to the service's name (`ctx.config().service.name`). Default:
+    /// none.
+    pub namespace: Option<String>,
+    /// `require_identity`: a request without an [`Identity`](crate::identity::Identity) is
+    /// answered `401 identity-required`. Keys are always scoped by the request's identity
+    /// when it has one, so one client's key never replays another client's response; without
+    /// this setting, anonymous requests share one scope. Default `false`.
+    pub require_identity: bool,
     /// `lease`: how long a claim holds the key before a crashed request stops blocking it.
     /// Default `"60s"`; keep it above `http.request_timeout`. Not needed by
     /// [`IdempotencyLayer::transactional`], whose claim ends with its transaction.
@@ -71,7 +76,8 @@ impl Default for IdempotencyConfig {
             required: true,
             header: "idempotency-key".into(),
             max_key_length: 255,
-            identity_header: None,
+            namespace: None,
+            require_identity: false,
             lease: Duration::from_secs(60),
             ttl: Duration::from_secs(24 * 3600),
             max_request_bytes: ByteSize::mib(1),
@@ -79,6 +85,26 @@ impl Default for IdempotencyConfig {
             release_on_server_error: true,
             stored_headers: vec!["content-type".into(), "location".into(), "etag".into()],
         }
+    }
+}
+
+impl IdempotencyConfig {
+    /// The defaults with `namespace` as the prefix of every key: the service's name.
+    ///
+    /// ```
+    /// let config = chassis::idempotency::IdempotencyConfig::default().with_namespace("orders").requiring_identity();
+    /// assert_eq!(config.namespace.as_deref(), Some("orders"));
+    /// assert!(config.require_identity);
+    /// ```
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Answers requests without an identity `401` (`require_identity`).
+    pub fn requiring_identity(mut self) -> Self {
+        self.require_identity = true;
+        self
     }
 }
 
@@ -96,13 +122,6 @@ impl Validate for IdempotencyConfig {
             "header",
             "must be a valid header name",
         );
-        if let Some(identity) = &self.identity_header {
-            problems.check(
-                HeaderName::try_from(identity.as_str()).is_ok(),
-                "identity_header",
-                "must be a valid header name",
-            );
-        }
         problems.check(self.max_key_length > 0, "max_key_length", "must be at least 1");
         problems.check(!self.lease.is_zero(), "lease", "must be greater than zero");
         problems.check(self.ttl >= self.lease, "ttl", "must be at least the lease");
@@ -117,7 +136,6 @@ struct Shared {
     config: IdempotencyConfig,
     methods: Vec<Method>,
     header: HeaderName,
-    identity: Option<HeaderName>,
     stored_headers: Vec<HeaderName>,
 }
 
@@ -215,7 +233,6 @@ impl IdempotencyLayer {
                     .map(|m| Method::from_bytes(m.as_bytes()).expect("validated"))
                     .collect(),
                 header: parse(&config.header),
-                identity: config.identity_header.as_deref().map(parse),
                 stored_headers: config
                     .stored_headers
                     .iter()
@@ -289,6 +306,18 @@ fn parse_key(value: &HeaderValue, max: usize) -> Result<String, &'static str> {
         return Err("must be visible ASCII without quotes or backslashes");
     }
     Ok(key.to_owned())
+}
+
+/// Whether reading a body failed because it was over the limit (and not cut or malformed).
+fn too_large(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn hex(digest: &[u8]) -> String {
@@ -389,6 +418,12 @@ where
     S: Service<Request<Body>, Response = Response>,
 {
     let config = &shared.config;
+    let identity = request.extensions().get::<crate::identity::Identity>();
+    if identity.is_none() && config.require_identity {
+        count("rejected");
+        return Ok(crate::identity::required());
+    }
+    let scope = identity.map_or_else(|| "-".to_owned(), |identity| identity.scope());
     let key = match request.headers().get(&shared.header) {
         None if config.required => {
             return Ok(reject(
@@ -419,22 +454,29 @@ where
             }
         },
     };
-    let scope = match shared.identity.as_ref().and_then(|h| request.headers().get(h)) {
-        Some(identity) => hex(&Sha256::digest(identity.as_bytes())[..12]),
-        None => "-".into(),
+    let store_key = match &config.namespace {
+        Some(namespace) => format!("{namespace}:{scope}:{key}"),
+        None => format!("{scope}:{key}"),
     };
-    let store_key = format!("{scope}:{key}");
 
     let (parts, body) = request.into_parts();
     let limit = config.max_request_bytes.as_usize();
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(body) => body,
-        Err(_) => {
+        Err(error) if too_large(&error) => {
             return Ok(reject(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
                 "Request body too large",
                 format!("idempotent requests are limited to {} bytes", config.max_request_bytes),
+            ));
+        }
+        Err(error) => {
+            return Ok(reject(
+                StatusCode::BAD_REQUEST,
+                "body-unreadable",
+                "The request body could not be read",
+                format!("the body ended early or is malformed: {error}"),
             ));
         }
     };

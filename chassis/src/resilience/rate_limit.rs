@@ -61,6 +61,10 @@ pub enum RateLimitKey {
     /// `"header:<name>"`: one bucket per value of a header, e.g. `"header:x-api-key"`.
     /// Requests without the header share one bucket.
     Header(String),
+    /// `"identity"`: one bucket per authenticated client and subject (the request's
+    /// [`Identity`](crate::identity::Identity)); a request without one is answered `401
+    /// identity-required`, never counted in a shared bucket.
+    Identity,
 }
 
 impl TryFrom<String> for RateLimitKey {
@@ -70,10 +74,11 @@ impl TryFrom<String> for RateLimitKey {
         match value.as_str() {
             "global" => Ok(Self::Global),
             "client_ip" => Ok(Self::ClientIp),
+            "identity" => Ok(Self::Identity),
             other => match other.strip_prefix("header:") {
                 Some(name) if HeaderName::try_from(name).is_ok() => Ok(Self::Header(name.to_ascii_lowercase())),
                 _ => Err(format!(
-                    "expected \"global\", \"client_ip\" or \"header:<name>\", got {other:?}"
+                    "expected \"global\", \"client_ip\", \"identity\" or \"header:<name>\", got {other:?}"
                 )),
             },
         }
@@ -188,8 +193,9 @@ pub struct RateLimit<S> {
     shared: Arc<Shared>,
 }
 
-fn key_of<B>(key: &RateLimitKey, request: &Request<B>) -> String {
-    match key {
+/// The bucket of `request`, or `None` when the key needs an identity the request lacks.
+fn key_of<B>(key: &RateLimitKey, request: &Request<B>) -> Option<String> {
+    Some(match key {
         RateLimitKey::Global => String::new(),
         RateLimitKey::ClientIp => request
             .extensions()
@@ -201,7 +207,8 @@ fn key_of<B>(key: &RateLimitKey, request: &Request<B>) -> String {
             .get(name.as_str())
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default(),
-    }
+        RateLimitKey::Identity => request.extensions().get::<crate::identity::Identity>()?.scope(),
+    })
 }
 
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -226,7 +233,11 @@ where
         if shared.calls.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
             shared.limiter.retain_recent();
         }
-        let key = key_of(&shared.config.key, &request);
+        let Some(key) = key_of(&shared.config.key, &request) else {
+            return ResponseFuture {
+                call: Call::answered(Ok(crate::identity::required())),
+            };
+        };
         let period = shared.config.per;
         match shared.limiter.check_key(&key) {
             Ok(snapshot) => {

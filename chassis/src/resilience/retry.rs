@@ -44,14 +44,15 @@ use crate::config::{ByteSize, ConfigError, Problems, Validate};
 /// Name of the attempt counter.
 pub const ATTEMPTS_TOTAL: &str = "chassis_retry_attempts_total";
 
-/// How the delay between attempts is randomized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Jitter {
-    /// Uniform in `[0, min(max_delay, base_delay × 2ⁿ)]`.
-    Full,
-    /// Uniform in `[base_delay, 3 × previous delay]`, capped at `max_delay`.
-    Decorrelated,
+crate::config::choices! {
+    /// How the delay between attempts is randomized.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Jitter {
+        /// Uniform in `[0, min(max_delay, base_delay × 2ⁿ)]`.
+        Full = "full",
+        /// Uniform in `[base_delay, 3 × previous delay]`, capped at `max_delay`.
+        Decorrelated = "decorrelated",
+    }
 }
 
 /// The retry budget.

@@ -10,6 +10,7 @@ use super::{AdminConfig, HttpConfig, RetentionConfig, ShutdownConfig, StartupCon
 use crate::client::ClientConfig;
 use crate::config::{ConfigError, ConfigLoader, Problems, ServiceConfig, Validate};
 use crate::health::HealthConfig;
+use crate::identity::IdentityConfig;
 use crate::messaging::MessagingConfig;
 use crate::metrics::MetricsConfig;
 use crate::outbox::OutboxConfig;
@@ -54,6 +55,8 @@ pub struct ChassisConfig {
     pub http: HttpConfig,
     /// `[admin]`: the admin listener (health probes, `/metrics`).
     pub admin: AdminConfig,
+    /// `[identity]`: how requests carry and prove who they are from.
+    pub identity: IdentityConfig,
     /// `[telemetry]`: logs and traces.
     pub telemetry: TelemetryConfig,
     /// `[metrics]`: the Prometheus recorder and the HTTP RED metrics.
@@ -95,6 +98,7 @@ impl Validate for ChassisConfig {
         problems.nested("service", |p| self.service.validate(p));
         problems.nested("http", |p| self.http.validate(p));
         problems.nested("admin", |p| self.admin.validate(p));
+        problems.nested("identity", |p| self.identity.validate(p));
         problems.nested("telemetry", |p| self.telemetry.validate(p));
         problems.nested("metrics", |p| self.metrics.validate(p));
         problems.nested("health", |p| self.health.validate(p));
@@ -162,6 +166,7 @@ mod tests {
                 "service",
                 "http",
                 "admin",
+                "identity",
                 "telemetry",
                 "metrics",
                 "health",

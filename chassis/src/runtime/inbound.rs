@@ -21,6 +21,7 @@ use crate::http::{
     BodyLimit, BodyLimitLayer, CaptureRouteLayer, ProblemResponse, ProblemResponseLayer, RecoverPanic,
     RecoverPanicLayer,
 };
+use crate::identity::{VerifyIdentity, VerifyIdentityLayer};
 use crate::metrics::{HttpMetrics, HttpMetricsLayer};
 use crate::resilience::{Bulkhead, BulkheadConfig, BulkheadLayer, RateLimit, RateLimitLayer, Timeout, TimeoutLayer};
 use crate::telemetry::{SetRequestId, SetRequestIdLayer, Trace, TraceLayer};
@@ -36,15 +37,16 @@ const AXUM_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// layer above returns its own future by value, and without the box each would copy them again.
 type Limited = MapFuture<Unboxed, fn(UnboxedFuture) -> Pin<Box<UnboxedFuture>>>;
 type Shed = Either<Bulkhead<Limited>, Limited>;
-type Observed = Either<HttpMetrics<ProblemResponse<Shed>>, ProblemResponse<Shed>>;
+type Identified = VerifyIdentity<Shed>;
+type Observed = Either<HttpMetrics<ProblemResponse<Identified>>, ProblemResponse<Identified>>;
 type Stack = SetRequestId<Trace<Observed>>;
 
 /// A service's router wrapped in the chassis' inbound stack, outermost first (the order and the
 /// reason for each position are in the architecture guide):
 ///
-/// request id > trace > metrics > problem responses > load shedding > rate limit (when
-/// `[http.rate_limit]` is set) > timeout > body limit > catch panic > router (which records the
-/// matched route).
+/// request id > trace > metrics > problem responses > identity > load shedding > rate limit
+/// (when `[http.rate_limit]` is set) > timeout > body limit > catch panic > router (which
+/// records the matched route).
 ///
 /// The runtime builds this for you; build it yourself to serve with your own server, or to
 /// measure it (see `benches/`).
@@ -112,7 +114,10 @@ impl Inbound {
         } else {
             Either::Right(limited)
         };
-        let problems = ProblemResponseLayer.layer(shed);
+        let identified = VerifyIdentityLayer::new(&config.identity)
+            .expect("`[identity]` is validated when the configuration loads")
+            .layer(shed);
+        let problems = ProblemResponseLayer.layer(identified);
         let observed: Observed = if config.metrics.enabled {
             Either::Left(HttpMetricsLayer::new().layer(problems))
         } else {

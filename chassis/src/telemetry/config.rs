@@ -90,14 +90,15 @@ impl Validate for TelemetryConfig {
     }
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines, coloured on a terminal.
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
+crate::config::choices! {
+    /// How log lines are written.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum LogFormat {
+        /// Human-readable lines, coloured on a terminal.
+        Text = "text",
+        /// One JSON object per line, for log shippers.
+        Json = "json",
+    }
 }
 
 /// `[telemetry.otlp]`: where traces go.
@@ -130,13 +131,13 @@ impl Default for OtlpConfig {
     }
 }
 
-/// The OTLP transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum OtlpProtocol {
-    /// OTLP over HTTP with protobuf bodies (port 4318).
-    #[serde(rename = "http/protobuf")]
-    HttpProtobuf,
-    /// OTLP over gRPC (port 4317).
-    #[serde(rename = "grpc")]
-    Grpc,
+crate::config::choices! {
+    /// The OTLP transport.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum OtlpProtocol {
+        /// OTLP over HTTP with protobuf bodies (port 4318).
+        HttpProtobuf = "http/protobuf",
+        /// OTLP over gRPC (port 4317).
+        Grpc = "grpc",
+    }
 }

@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chassis::Context;
 use chassis::http::Problem;
+use chassis::idempotency::IdempotencyConfig;
 use chassis::messaging::Incoming;
 use chassis::storage::Transaction;
 use serde::{Deserialize, Serialize};
@@ -314,7 +315,10 @@ pub async fn service(ctx: Context<ServiceSettings>) -> chassis::Result<Router> {
         })
         .await?;
     Ok(Router::new()
-        .route("/reservations", post(create).layer(persistence.idempotency()?))
+        .route(
+            "/reservations",
+            post(create).layer(persistence.idempotency(IdempotencyConfig::default().with_namespace("inventory"))?),
+        )
         .route("/reservations/{id}", get(show).delete(release))
         .route("/stock", get(stock))
         .with_state(state))

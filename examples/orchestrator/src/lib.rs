@@ -28,6 +28,8 @@ use axum::{Json, Router};
 use chassis::Context;
 use chassis::client::{Client, ClientError};
 use chassis::http::Problem;
+use chassis::idempotency::IdempotencyConfig;
+use chassis::identity::Identity;
 use chassis::messaging::Bus;
 use chassis::saga::{Saga, SagaRecord, Step, StepContext};
 use serde::{Deserialize, Serialize};
@@ -72,6 +74,9 @@ pub struct Checkout {
     pub quantity: u32,
     /// The price.
     pub amount_cents: u64,
+    /// The client that started it (its identity's scope); only that client sees it.
+    #[serde(default)]
+    pub owner: String,
 }
 
 /// `POST /checkouts` body.
@@ -209,7 +214,13 @@ impl From<SagaRecord> for CheckoutView {
             status: record.status.as_str(),
             failed_step: record.failed_step,
             error: record.error,
-            checkout: record.data,
+            checkout: {
+                let mut data = record.data;
+                if let Some(fields) = data.as_object_mut() {
+                    fields.remove("owner");
+                }
+                data
+            },
         }
     }
 }
@@ -220,7 +231,11 @@ struct Orchestrator {
     ctx: Context<Settings>,
 }
 
-async fn start(State(o): State<Orchestrator>, Json(new): Json<NewCheckout>) -> axum::response::Response {
+async fn start(
+    State(o): State<Orchestrator>,
+    identity: Identity,
+    Json(new): Json<NewCheckout>,
+) -> axum::response::Response {
     if new.quantity == 0 {
         return Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -234,6 +249,7 @@ async fn start(State(o): State<Orchestrator>, Json(new): Json<NewCheckout>) -> a
         item: new.item,
         quantity: new.quantity,
         amount_cents: new.amount_cents,
+        owner: identity.scope(),
     };
     let id = checkout.id.clone();
     // Persisted before the answer, so `GET /checkouts/{id}` finds it at once.
@@ -264,10 +280,13 @@ async fn start(State(o): State<Orchestrator>, Json(new): Json<NewCheckout>) -> a
         .into_response()
 }
 
-async fn show(State(o): State<Orchestrator>, Path(id): Path<String>) -> axum::response::Response {
+/// The checkout, to the client that started it; to any other it does not exist.
+async fn show(State(o): State<Orchestrator>, identity: Identity, Path(id): Path<String>) -> axum::response::Response {
     match o.saga.status(&id).await {
-        Ok(Some(record)) => Json(CheckoutView::from(record)).into_response(),
-        Ok(None) => not_found("checkout", &id),
+        Ok(Some(record)) if record.data["owner"] == identity.scope().as_str() => {
+            Json(CheckoutView::from(record)).into_response()
+        }
+        Ok(_) => not_found("checkout", &id),
         Err(error) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "saga-store-unavailable", "Try again")
             .with_detail(error.to_string())
             .into_response(),
@@ -303,7 +322,11 @@ pub async fn service(ctx: Context<Settings>) -> chassis::Result<Router> {
             }
         }
     });
-    let idempotency = persistence.idempotency()?;
+    let idempotency = persistence.idempotency(
+        IdempotencyConfig::default()
+            .with_namespace("orchestrator")
+            .requiring_identity(),
+    )?;
     let state = Orchestrator { saga, ctx: ctx.clone() };
     Ok(Router::new()
         .route("/checkouts", post(start).layer(idempotency))

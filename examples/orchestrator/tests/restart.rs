@@ -43,9 +43,20 @@ async fn downstream() -> (SocketAddr, Downstream) {
     (addr, state)
 }
 
+/// The secret the orchestrator checks identities with; the test signs them as the gateway would.
+const IDENTITY_SECRET: &str = "the test's identity secret, 32 bytes+";
+
+fn identity_header() -> (http::HeaderName, http::HeaderValue) {
+    let config = chassis::identity::IdentityConfig::signed_with(IDENTITY_SECRET);
+    let signer = chassis::identity::IdentitySigner::new(&config).unwrap();
+    let value = signer.header_value(&chassis::identity::Identity::new("restart-test"));
+    (signer.header().clone(), value)
+}
+
 async fn orchestrator(downstream: SocketAddr, postgres: String, resume_after: &'static str) -> chassis::RunningService {
     let options = chassis::testing::options().configure(move |loader| {
         loader
+            .set("identity.secrets", vec![IDENTITY_SECRET])
             .set("postgres.url", postgres)
             .set("step_timeout", "60s")
             .set("resume_after", resume_after)
@@ -74,6 +85,7 @@ async fn a_checkout_survives_the_death_of_its_orchestrator() {
     let first = orchestrator(addr, postgres.clone(), "10m").await;
     let started: Value = http
         .post(format!("http://{}/checkouts", first.http_addr()))
+        .header(identity_header().0, identity_header().1)
         .header("idempotency-key", uuid::Uuid::new_v4().to_string())
         .json(&json!({ "item": "book", "quantity": 1, "amount_cents": 100 }))
         .send()
@@ -96,6 +108,7 @@ async fn a_checkout_survives_the_death_of_its_orchestrator() {
     chassis::testing::eventually("the resumed checkout to complete", async || {
         let checkout: Value = http
             .get(format!("http://{}/checkouts/{id}", second.http_addr()))
+            .header(identity_header().0, identity_header().1)
             .send()
             .await
             .unwrap()

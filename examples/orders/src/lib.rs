@@ -10,6 +10,9 @@
 //! |---|---|
 //! | `POST /orders` | `{"item", "quantity", "amount_cents"}` with `Idempotency-Key`; 201 with the order |
 //! | `GET /orders/{id}` | the order: `pending`, `confirmed` or `cancelled`, with what happened |
+//!
+//! Both need the caller's identity, which the gateway signs into the identity header: an order
+//! belongs to the client that placed it, and to every other client it answers 404.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +25,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chassis::Context;
 use chassis::http::Problem;
+use chassis::idempotency::IdempotencyConfig;
+use chassis::identity::Identity;
 use chassis::messaging::{Bus, Event, Incoming, Publish};
 use chassis::storage::Transaction;
 use serde::{Deserialize, Serialize};
@@ -41,7 +46,8 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS shop_orders (
     refunded       BOOLEAN     NOT NULL DEFAULT false,
     reason         TEXT,
     created_at     TIMESTAMPTZ NOT NULL DEFAULT now()
-)";
+);
+ALTER TABLE shop_orders ADD COLUMN IF NOT EXISTS owner TEXT NOT NULL DEFAULT ''";
 
 /// An order as the orders service sees it: its state follows the other services' events.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -64,6 +70,9 @@ pub struct Order {
     pub refunded: bool,
     /// Why it was cancelled.
     pub reason: Option<String>,
+    /// The client that placed it (its identity's scope); only that client sees it.
+    #[serde(skip)]
+    pub owner: String,
 }
 
 impl Order {
@@ -84,6 +93,7 @@ impl Order {
             paid: row.try_get("paid")?,
             refunded: row.try_get("refunded")?,
             reason: row.try_get("reason")?,
+            owner: row.try_get("owner")?,
         })
     }
 }
@@ -106,16 +116,17 @@ enum Book {
     Postgres(sqlx::PgPool),
 }
 
-const COLUMNS: &str = "id, item, quantity, amount_cents, status, stock_reserved, paid, refunded, reason";
+const COLUMNS: &str = "id, item, quantity, amount_cents, status, stock_reserved, paid, refunded, reason, owner";
 
 impl Book {
-    /// Writes a new order in `work`.
-    async fn place(&self, work: &Work, new: &NewOrder) -> Result<Order, String> {
+    /// Writes a new order of `owner` in `work`.
+    async fn place(&self, work: &Work, new: &NewOrder, owner: String) -> Result<Order, String> {
         let mut order = Order {
             item: new.item.clone(),
             quantity: new.quantity,
             amount_cents: new.amount_cents,
             status: "pending".into(),
+            owner,
             ..Default::default()
         };
         match (self, work.transaction()) {
@@ -126,11 +137,12 @@ impl Book {
             (Book::Postgres(_), Some(tx)) => {
                 let mut connection = tx.lock().await.map_err(|e| e.to_string())?;
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO shop_orders (item, quantity, amount_cents, status) VALUES ($1, $2, $3, 'pending') RETURNING id",
+                    "INSERT INTO shop_orders (item, quantity, amount_cents, status, owner) VALUES ($1, $2, $3, 'pending', $4) RETURNING id",
                 )
                 .bind(&order.item)
                 .bind(order.quantity as i32)
                 .bind(order.amount_cents as i64)
+                .bind(&order.owner)
                 .fetch_one(&mut *connection)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -210,7 +222,12 @@ struct Orders {
     bus: Bus,
 }
 
-async fn place_order(State(orders): State<Orders>, tx: Option<Transaction>, Json(new): Json<NewOrder>) -> Response {
+async fn place_order(
+    State(orders): State<Orders>,
+    identity: Identity,
+    tx: Option<Transaction>,
+    Json(new): Json<NewOrder>,
+) -> Response {
     if new.quantity == 0 {
         return Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -221,7 +238,7 @@ async fn place_order(State(orders): State<Orders>, tx: Option<Transaction>, Json
     }
     let placed = async {
         let work = orders.persistence.work(&orders.bus, tx)?;
-        let order = orders.book.place(&work, &new).await?;
+        let order = orders.book.place(&work, &new, identity.scope()).await?;
         let event = OrderPlaced {
             order_id: order.id,
             item: new.item.clone(),
@@ -249,10 +266,11 @@ async fn place_order(State(orders): State<Orders>, tx: Option<Transaction>, Json
     }
 }
 
-async fn get_order(State(orders): State<Orders>, Path(id): Path<u64>) -> Response {
+/// The order, to the client that placed it; to any other it does not exist.
+async fn get_order(State(orders): State<Orders>, identity: Identity, Path(id): Path<u64>) -> Response {
     match orders.book.get(id).await {
-        Ok(Some(order)) => Json(order).into_response(),
-        Ok(None) => not_found("order", &id.to_string()),
+        Ok(Some(order)) if order.owner == identity.scope() => Json(order).into_response(),
+        Ok(_) => not_found("order", &id.to_string()),
         Err(error) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "orders-unavailable", "Try again")
             .with_detail(error)
             .into_response(),
@@ -314,7 +332,16 @@ pub async fn service(ctx: Context<ServiceSettings>) -> chassis::Result<Router> {
     )
     .await?;
     Ok(Router::new()
-        .route("/orders", post(place_order).layer(persistence.idempotency()?))
+        .route(
+            "/orders",
+            post(place_order).layer(
+                persistence.idempotency(
+                    IdempotencyConfig::default()
+                        .with_namespace("orders")
+                        .requiring_identity(),
+                )?,
+            ),
+        )
         .route("/orders/{id}", get(get_order))
         .with_state(state))
 }

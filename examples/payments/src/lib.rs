@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chassis::Context;
 use chassis::http::Problem;
+use chassis::idempotency::IdempotencyConfig;
 use chassis::messaging::{Bus, Incoming};
 use chassis::storage::Transaction;
 use serde::{Deserialize, Serialize};
@@ -356,7 +357,10 @@ pub async fn service(ctx: Context<ServiceSettings>) -> chassis::Result<Router> {
         .await?;
     // The fault hits captures and lookups; refunds stay up, so compensations can finish.
     let faulted = Router::new()
-        .route("/payments", post(create).layer(persistence.idempotency()?))
+        .route(
+            "/payments",
+            post(create).layer(persistence.idempotency(IdempotencyConfig::default().with_namespace("payments"))?),
+        )
         .route("/payments/{id}", get(show))
         .route_layer(middleware::from_fn_with_state(state.clone(), faulty));
     Ok(faulted

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use chassis::Context;
 use chassis::http::Problem;
 use chassis::idempotency::{
-    IdempotencyLayer, IdempotencyStore, IdempotentConsumer, MemoryStore, PostgresStore, Processed, RedisStore,
+    IdempotencyConfig, IdempotencyLayer, IdempotencyStore, IdempotentConsumer, MemoryStore, PostgresStore, Processed,
+    RedisStore,
 };
 use chassis::messaging::{Bus, Command, Event, Inbox, Incoming, Message, MessageHandler, Publish};
 use chassis::outbox::Outbox;
@@ -112,12 +113,13 @@ impl Persistence {
         }))
     }
 
-    /// The `Idempotency-Key` layer for the service's state-changing routes.
-    pub fn idempotency(&self) -> Result<IdempotencyLayer, chassis::config::ConfigError> {
+    /// The `Idempotency-Key` layer for the service's state-changing routes, with `config`
+    /// (its namespace: the service's name; whether it needs an identity).
+    pub fn idempotency(&self, config: IdempotencyConfig) -> Result<IdempotencyLayer, chassis::config::ConfigError> {
         match self {
-            Self::Memory(store) => IdempotencyLayer::new(store.clone(), Default::default()),
+            Self::Memory(store) => IdempotencyLayer::new(store.clone(), config),
             Self::Postgres { pool, .. } => {
-                IdempotencyLayer::transactional(PostgresStore::from_pool(pool.clone()), Default::default())
+                IdempotencyLayer::transactional(PostgresStore::from_pool(pool.clone()), config)
             }
         }
     }

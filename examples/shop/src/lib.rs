@@ -9,6 +9,10 @@ use std::time::Duration;
 use chassis::messaging::{MemoryTransport, Transport};
 use chassis::{Options, RunningService};
 
+/// The secret the shop's gateway signs identities with, and its services verify them with. A
+/// demo value: a deployment reads its own from a file (`identity.secrets = [{ file = ... }]`).
+pub const DEMO_IDENTITY_SECRET: &str = "demo-identity-secret-of-32-bytes!";
+
 /// Where messages and state live.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -109,7 +113,10 @@ impl Setup {
                 .set("http.port", port)
                 .set("admin.host", "127.0.0.1")
                 .set("admin.port", 0)
-                .set("shutdown.readiness_delay", "0s");
+                .set("shutdown.readiness_delay", "0s")
+                // The gateway signs who each request is from; the services check it.
+                .set("identity.secrets", vec![DEMO_IDENTITY_SECRET])
+                .set("identity.incoming", if keeps_state { "verify" } else { "strip" });
             if let Backend::Broker {
                 transport,
                 url,

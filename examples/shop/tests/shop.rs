@@ -15,7 +15,10 @@ async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
 
 fn token(secret: &str, sub: &str, expires_in: i64) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-    let claims = json!({ "sub": sub, "exp": now + expires_in });
+    sign(secret, json!({ "sub": sub, "exp": now + expires_in }))
+}
+
+fn sign(secret: &str, claims: Value) -> String {
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
 }
@@ -94,14 +97,29 @@ async fn scenario(setup: Setup) {
         404,
         "authenticated, then routed: there is no order 0"
     );
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     for (forged, why) in [
-        (token("wrong-secret", "mallory", 60), "InvalidSignature"),
-        (token("demo-secret", "alice", -3600), "ExpiredSignature"),
+        (token("wrong-secret", "mallory", 60), "signature is not valid"),
+        (token("demo-secret", "alice", -3600), "has expired"),
+        (token("demo-secret", "alice", -30), "has expired"),
+        (
+            sign(
+                "demo-secret",
+                json!({ "sub": "alice", "exp": now + 600, "nbf": now + 300 }),
+            ),
+            "not valid yet",
+        ),
+        (token("demo-secret", "alice\nbob", 60), "control characters"),
     ] {
         let refused = bearer(forged).await.unwrap();
         assert_eq!(refused.status(), 401);
         let problem: Value = refused.json().await.unwrap();
-        assert!(problem["detail"].as_str().unwrap().contains(why), "{problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(why), "{problem}");
+        assert!(
+            !detail.contains("Signature") && !detail.contains("Kind"),
+            "no verifier internals: {problem}"
+        );
     }
 
     // ... and rate-limits per client: one client's burst leaves the others alone.
@@ -119,12 +137,65 @@ async fn scenario(setup: Setup) {
     let order = json!({ "item": "book", "quantity": 2, "amount_cents": 1299 });
     let first = shop.post("/orders", "order-1", order.clone()).await;
     assert_eq!(first.status(), 201);
+    assert_eq!(
+        first.headers().get_all("content-type").iter().count(),
+        1,
+        "the gateway relays one content-type"
+    );
     let first: Value = first.json().await.unwrap();
     let again = shop.post("/orders", "order-1", order).await;
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
     assert_eq!(first["id"], again["id"]);
     let id = first["id"].as_u64().unwrap();
+
+    // The order is the client's own: another client using the same key gets an order of its
+    // own, and cannot read or summarize the first one.
+    let bob = token("demo-secret", "bob", 600);
+    let post_as_bob = |key: &str, body: Value| {
+        http.post(format!("{gateway}/orders"))
+            .bearer_auth(&bob)
+            .header("idempotency-key", format!("{}-{key}", shop.run))
+            .json(&body)
+            .send()
+    };
+    let bobs = post_as_bob(
+        "order-1",
+        json!({ "item": "book", "quantity": 2, "amount_cents": 1299 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bobs.status(), 201, "the same key, another client: not a replay");
+    assert!(bobs.headers().get("idempotent-replayed").is_none());
+    let bobs: Value = bobs.json().await.unwrap();
+    assert_ne!(bobs["id"], first["id"]);
+    for path in [format!("/orders/{id}"), format!("/orders/{id}/summary")] {
+        let peek = http
+            .get(format!("{gateway}{path}"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(peek.status(), 404, "{path} is not bob's");
+        assert_eq!(peek.headers()["content-type"], "application/problem+json");
+    }
+    // An identity header sent from outside is removed at the gateway, never trusted.
+    let forged = "v1;c=jwt;s=bob;t=0;sig=00";
+    let mallory = http
+        .get(format!("{gateway}/orders/{}", bobs["id"]))
+        .header("x-chassis-identity", forged)
+        .header("x-api-key", "demo-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mallory.status(), 404, "served as demo-key's client, not as bob");
+    let no_credentials = http
+        .get(format!("{gateway}/orders/{}", bobs["id"]))
+        .header("x-chassis-identity", forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_credentials.status(), 401);
 
     // Fan-out and choreography: stock reserved and payment captured confirm the order.
     until("the order to be confirmed", async || {

@@ -6,26 +6,28 @@ use serde::Deserialize;
 
 use crate::config::{Problems, Validate};
 
-/// How the window of recent calls is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WindowKind {
-    /// The last `window_size` calls.
-    Count,
-    /// The calls of the last `window_duration`, in one-second buckets.
-    Time,
+crate::config::choices! {
+    /// How the window of recent calls is kept.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum WindowKind {
+        /// The last `window_size` calls.
+        Count = "count",
+        /// The calls of the last `window_duration`, in one-second buckets.
+        Time = "time",
+    }
 }
 
-/// How half-open probes decide between closing and opening again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HalfOpenEvaluation {
-    /// The first failed or slow probe opens the breaker again; it closes when every probe
-    /// succeeded in time.
-    Strict,
-    /// Once every probe has reported, the breaker opens again when the probes' failure rate or
-    /// slow-call rate reaches its threshold, and closes otherwise (Resilience4j's way).
-    Rate,
+crate::config::choices! {
+    /// How half-open probes decide between closing and opening again.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum HalfOpenEvaluation {
+        /// The first failed or slow probe opens the breaker again; it closes when every probe
+        /// succeeded in time.
+        Strict = "strict",
+        /// Once every probe has reported, the breaker opens again when the probes' failure rate or
+        /// slow-call rate reaches its threshold, and closes otherwise (Resilience4j's way).
+        Rate = "rate",
+    }
 }
 
 /// Circuit breaker settings.
