@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chassis::Context;
-{%- if messaging != "none" or idempotency_store == "postgres" %}
+{%- if messaging != "none" or idempotency_store == "postgres" or downstream_client %}
 use chassis::http::Problem;
 {%- endif %}
 {%- if idempotency_store == "postgres" %}
@@ -189,14 +189,16 @@ async fn place_order(
 {%- if downstream_client %}
 
 /// Calls the downstream service's `/health/live` through the chassis client (tracing, retries,
-/// circuit breaker).
+/// circuit breaker); a failed call is a 502 problem saying why.
 async fn downstream(State(state): State<AppState>) -> impl IntoResponse {
     match state.downstream.get("/health/live").await {
         Ok(response) => {
             let status = response.status();
             (StatusCode::OK, format!("downstream answered {status}")).into_response()
         }
-        Err(error) => (StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
+        Err(error) => Problem::new(StatusCode::BAD_GATEWAY, "downstream-unavailable", "Downstream unavailable")
+            .with_detail(error.to_string())
+            .into_response(),
     }
 }
 {%- endif %}
@@ -268,10 +270,10 @@ pub async fn init(ctx: Context<Settings>) -> chassis::Result<Router> {
 
 {%- if idempotency_store == "postgres" %}
     let store = PostgresStore::from_pool(pool);
-    let idempotency = IdempotencyLayer::transactional(store, IdempotencyConfig::default())?;
+    let idempotency = IdempotencyLayer::transactional(store, IdempotencyConfig::default().with_namespace(env!("CARGO_PKG_NAME")))?;
 {%- else %}
     let store = idempotency_store(&ctx)?;
-    let idempotency = IdempotencyLayer::new(store, IdempotencyConfig::default())?;
+    let idempotency = IdempotencyLayer::new(store, IdempotencyConfig::default().with_namespace(env!("CARGO_PKG_NAME")))?;
 {%- endif %}
     let routes = Router::new()
         .route("/hello/{name}", get(hello))

@@ -213,6 +213,8 @@ impl IdempotencyLayer {
     /// Ok(Router::new().route("/payments", post(pay)).layer(layer))
     /// # }
     /// ```
+    ///
+    /// Needs the cargo feature `postgres`.
     #[cfg(feature = "postgres")]
     pub fn transactional(store: super::PostgresStore, config: IdempotencyConfig) -> Result<Self, ConfigError> {
         Self::build(Arc::new(store.clone()), config, Some(store))

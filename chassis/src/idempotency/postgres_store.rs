@@ -9,6 +9,8 @@ use futures_util::future::BoxFuture;
 /// The SQL that creates the store's tables (`chassis_idempotency`,
 /// `chassis_processed_messages`); [`PostgresStore::migrate`] runs it. Copy it into your own
 /// migrations if you manage the schema yourself.
+///
+/// Needs the cargo feature `postgres`.
 pub const MIGRATION: &str = include_str!("../../migrations/0001_chassis_idempotency.sql");
 
 /// Keys in PostgreSQL, shared by every instance. A claim is one `INSERT ... ON CONFLICT DO
@@ -22,6 +24,8 @@ pub const MIGRATION: &str = include_str!("../../migrations/0001_chassis_idempote
 /// store.migrate().await?;
 /// # Ok(()) }
 /// ```
+///
+/// Needs the cargo feature `postgres`.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,

@@ -46,6 +46,8 @@ return 0
 /// let store = chassis::idempotency::RedisStore::connect("redis://127.0.0.1:6379", "orders").await?;
 /// # let _ = store; Ok(()) }
 /// ```
+///
+/// Needs the cargo feature `redis`.
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,

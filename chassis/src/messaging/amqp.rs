@@ -43,6 +43,8 @@ fn error(e: impl std::fmt::Display) -> MessagingError {
 /// let transport = chassis::messaging::AmqpTransport::connect("amqp://guest:guest@127.0.0.1:5672/%2f", &Default::default()).await?;
 /// # let _ = transport; Ok(()) }
 /// ```
+///
+/// Needs the cargo feature `amqp`.
 pub struct AmqpTransport {
     url: String,
     namespace: String,

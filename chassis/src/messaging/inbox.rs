@@ -11,6 +11,8 @@ use super::{Incoming, Message, MessageHandler};
 use crate::storage::Transaction;
 
 /// Name of the inbox counter (`outcome`: `processed`, `duplicate`, `failed`).
+///
+/// Needs the cargo feature `postgres`.
 pub const INBOX_TOTAL: &str = "chassis_inbox_messages_total";
 
 /// The idempotent consumer on PostgreSQL: each message runs its handler inside a transaction
@@ -44,6 +46,8 @@ pub const INBOX_TOTAL: &str = "chassis_inbox_messages_total";
 /// ctx.subscribe("billing", handler).await?;
 /// # Ok(()) }
 /// ```
+///
+/// Needs the cargo feature `postgres`.
 #[derive(Debug, Clone)]
 pub struct Inbox {
     pool: PgPool,
@@ -68,6 +72,8 @@ impl Inbox {
 }
 
 /// A message handler running in the [`Inbox`]'s transaction; made by [`Inbox::handler`].
+///
+/// Needs the cargo feature `postgres`.
 pub struct InboxHandler<F> {
     pool: PgPool,
     consumer: Arc<str>,
@@ -96,6 +102,8 @@ impl<F> std::fmt::Debug for InboxHandler<F> {
 const CONCURRENT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a message through the inbox was not processed; the bus retries it.
+///
+/// Needs the cargo feature `postgres`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InboxError {

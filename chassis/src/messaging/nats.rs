@@ -28,6 +28,8 @@ fn error(e: impl std::fmt::Display) -> MessagingError {
 /// let transport = chassis::messaging::NatsTransport::connect("nats://127.0.0.1:4222", &Default::default()).await?;
 /// # let _ = transport; Ok(()) }
 /// ```
+///
+/// Needs the cargo feature `nats`.
 #[derive(Clone)]
 pub struct NatsTransport {
     client: async_nats::Client,

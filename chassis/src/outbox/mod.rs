@@ -56,6 +56,8 @@ use crate::health::{Check, CheckResult};
 use crate::messaging::MessagingError;
 
 /// The SQL that creates `chassis_outbox`; the runtime runs it when `postgres.migrate` is on.
+///
+/// Needs the cargo feature `postgres`.
 #[cfg(feature = "postgres")]
 pub const OUTBOX_MIGRATION: &str = include_str!("../../migrations/0003_chassis_outbox.sql");
 

@@ -12,6 +12,8 @@ use crate::messaging::{Kind, Outgoing, RawMessage, Transport};
 
 /// The `application_name` of the relay's leader session in `pg_stat_activity`, followed by a
 /// space and the relay's origin (truncated to PostgreSQL's 63 bytes).
+///
+/// Needs the cargo feature `postgres`.
 pub const RELAY_APPLICATION_NAME: &str = "chassis_outbox_relay";
 
 /// Publishes the rows of `chassis_outbox` in sequence order, with the broker's confirmation,
@@ -22,6 +24,8 @@ pub const RELAY_APPLICATION_NAME: &str = "chassis_outbox_relay";
 /// session (a crash, a network cut, `pg_terminate_backend`) loses the lock with it; what it had
 /// published but not yet marked is published again by the next leader, and the consumers'
 /// inbox drops the repeat.
+///
+/// Needs the cargo feature `postgres`.
 #[derive(Clone)]
 pub struct Relay {
     pool: PgPool,

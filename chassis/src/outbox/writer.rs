@@ -25,6 +25,8 @@ use crate::messaging::{Command, Envelope, Event, Kind, Message, Publish};
 /// tx.commit().await?;
 /// # Ok(()) }
 /// ```
+///
+/// Needs the cargo feature `postgres`.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     source: Arc<str>,

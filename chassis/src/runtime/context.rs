@@ -134,6 +134,8 @@ impl<T> Context<T> {
 
     /// The pool of the service's PostgreSQL (`[postgres]`), connected at start with the
     /// chassis' tables created; its readiness check is registered.
+    ///
+    /// Needs the cargo feature `postgres`.
     #[cfg(feature = "postgres")]
     pub fn postgres(&self) -> Result<&sqlx::PgPool, NotConfigured> {
         self.inner.postgres.as_ref().ok_or(NotConfigured {
@@ -145,6 +147,8 @@ impl<T> Context<T> {
 
     /// The connection to the service's Redis (`[redis]`), connected at start; its readiness
     /// check is registered. Cheap to clone; it reconnects by itself.
+    ///
+    /// Needs the cargo feature `redis`.
     #[cfg(feature = "redis")]
     pub fn redis(&self) -> Result<redis::aio::ConnectionManager, NotConfigured> {
         self.inner.redis.clone().ok_or(NotConfigured {
@@ -157,6 +161,8 @@ impl<T> Context<T> {
     /// The transactional outbox in the service's PostgreSQL: messages added in a transaction
     /// are published once it commits. Asking for it makes the runtime run the outbox relay and
     /// its `outbox:lag` readiness check.
+    ///
+    /// Needs the cargo feature `postgres`.
     #[cfg(feature = "postgres")]
     pub fn outbox(&self) -> Result<crate::outbox::Outbox, NotConfigured> {
         self.postgres()?;
@@ -170,6 +176,8 @@ impl<T> Context<T> {
 
     /// The inbox in the service's PostgreSQL: message handlers whose effect and processed
     /// record commit in one transaction.
+    ///
+    /// Needs the cargo feature `postgres`.
     #[cfg(feature = "postgres")]
     pub fn inbox(&self) -> Result<crate::messaging::Inbox, NotConfigured> {
         Ok(crate::messaging::Inbox::new(self.postgres()?.clone()))

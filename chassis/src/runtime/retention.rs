@@ -6,6 +6,8 @@ use tokio_util::sync::CancellationToken;
 use super::RetentionConfig;
 
 /// Name of the counter of rows deleted by retention (`table`).
+///
+/// Needs the cargo feature `postgres`.
 pub const RETENTION_DELETED_TOTAL: &str = "chassis_retention_deleted_total";
 
 /// Deletes old rows at start and then every `config.interval` until `shutdown`.

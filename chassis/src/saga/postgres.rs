@@ -7,6 +7,8 @@ use super::{SagaError, SagaRecord, SagaStatus, SagaStore};
 use futures_util::future::BoxFuture;
 
 /// The SQL that creates the `chassis_sagas` table; [`PostgresSagaStore::migrate`] runs it.
+///
+/// Needs the cargo feature `postgres`.
 pub const SAGA_MIGRATION: &str = include_str!("../../migrations/0002_chassis_sagas.sql");
 
 /// Saga state in PostgreSQL: survives restarts and is shared by every instance of the
@@ -19,6 +21,8 @@ pub const SAGA_MIGRATION: &str = include_str!("../../migrations/0002_chassis_sag
 /// store.migrate().await?;
 /// # Ok(()) }
 /// ```
+///
+/// Needs the cargo feature `postgres`.
 #[derive(Debug, Clone)]
 pub struct PostgresSagaStore {
     pool: PgPool,

@@ -38,6 +38,8 @@ pub(crate) async fn connect(config: &PostgresConfig, url: &str) -> Result<PgPool
 /// # Ok(())
 /// # }
 /// ```
+///
+/// Needs the cargo feature `postgres`.
 pub async fn migrate(pool: &PgPool, migrations: &[&'static str]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chassis migrations ' || current_schema()))")

@@ -13,6 +13,8 @@
 /// # Ok(())
 /// # }
 /// ```
+///
+/// Needs the cargo feature `postgres`.
 pub async fn postgres_schema(url: &str, prefix: &str) -> Result<String, sqlx::Error> {
     use sqlx::Connection as _;
 

@@ -47,7 +47,11 @@ pub enum TlsError {
 
 /// The process' crypto provider (ring): every TLS config here is built with it, so a
 /// dependency that installs another default provider cannot change what the chassis uses.
-fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+///
+/// ring rather than aws-lc-rs, which needs cmake and a C toolchain to build; newer rustls
+/// releases deprecate ring's provider because it has no post-quantum key exchange.
+#[allow(deprecated)]
+pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: std::sync::OnceLock<std::sync::Arc<rustls::crypto::CryptoProvider>> = std::sync::OnceLock::new();
     PROVIDER
         .get_or_init(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()))

@@ -88,6 +88,8 @@ pub struct System {
     pub notifications: RunningService,
     /// Runs checkouts as sagas.
     pub orchestrator: RunningService,
+    /// The in-memory bus the services share on [`Backend::Memory`].
+    pub bus: Option<MemoryTransport>,
 }
 
 fn ms(duration: Duration) -> String {
@@ -165,7 +167,8 @@ impl Setup {
 
     /// Starts the six services.
     pub async fn start(&self) -> Result<System, chassis::runtime::StartError> {
-        let bus: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
+        let memory = MemoryTransport::new();
+        let bus: Arc<dyn Transport> = Arc::new(memory.clone());
         let orders = chassis::start(self.options("orders", 1, &bus), shop_orders::service).await?;
         let inventory = chassis::start(self.options("inventory", 2, &bus), shop_inventory::service).await?;
         let payments = chassis::start(self.options("payments", 3, &bus), shop_payments::service).await?;
@@ -196,6 +199,7 @@ impl Setup {
         });
         let gateway = chassis::start(gateway_options, shop_gateway::service).await?;
         Ok(System {
+            bus: matches!(self.backend, Backend::Memory).then_some(memory),
             gateway,
             orders,
             inventory,
