@@ -396,3 +396,40 @@ async fn a_configured_rate_limit_answers_429_with_ratelimit_headers() {
     assert_eq!(json(second).await["type"], "urn:chassis:problem:rate-limited");
     service.stop().await;
 }
+
+#[tokio::test]
+async fn readiness_shows_only_the_dependencies_the_service_uses() {
+    let checks = async |service: &RunningService| {
+        let report = json(client().get(admin_url(service, "/health/ready")).send().await.unwrap()).await;
+        report["checks"]
+            .as_object()
+            .map(|c| c.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let plain = spawn(|_: Context<()>| async { Ok(routes()) }).await;
+    let names = checks(&plain).await;
+    assert!(
+        !names.iter().any(|n| n.starts_with("messaging:")),
+        "no messaging in {names:?}"
+    );
+    plain.stop().await;
+
+    #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    struct Pinged;
+    impl chassis::messaging::Message for Pinged {
+        const TYPE: &'static str = "runtime-test.pinged";
+    }
+    impl chassis::messaging::Event for Pinged {}
+    let subscribing = spawn(|ctx: Context<()>| async move {
+        ctx.subscribe("runtime-test", |_: chassis::messaging::Incoming<Pinged>| async {
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .await?;
+        Ok(routes())
+    })
+    .await;
+    let names = checks(&subscribing).await;
+    assert!(names.iter().any(|n| n == "messaging:memory"), "{names:?}");
+    assert!(names.iter().any(|n| n == "messaging:consumers"), "{names:?}");
+    subscribing.stop().await;
+}

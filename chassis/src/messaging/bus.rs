@@ -59,6 +59,11 @@ impl Bus {
         &self.source
     }
 
+    /// Whether any consumer was started on this bus.
+    pub(crate) fn has_consumers(&self) -> bool {
+        !self.consumers.is_empty()
+    }
+
     /// `messaging:consumers`: fails while any consumer of this bus is down (its subscription
     /// ended and is being made again). The runtime registers it.
     pub fn consumers_check(&self) -> crate::health::Check {
@@ -153,6 +158,8 @@ impl Bus {
                 handler.clone(),
             );
             let name = format!("{group}/{}#{n}", M::TYPE);
+            // Subscribed: up from here, before its task first runs.
+            self.consumers.set(&name, true);
             tasks.push(tokio::spawn(supervise(
                 consumer,
                 subscription,

@@ -18,6 +18,10 @@ impl ConsumerStates {
         self.lock().insert(name.to_owned(), up);
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     pub(crate) fn remove(&self, name: &str) {
         self.lock().remove(name);
     }

@@ -80,7 +80,7 @@ where
 pub(super) async fn connect(
     config: &ChassisConfig,
     given: Option<Arc<dyn Transport>>,
-    health: &HealthRegistry,
+    #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(unused_variables))] health: &HealthRegistry,
 ) -> Result<Dependencies, StartError> {
     let timeout = config.startup.connect_timeout;
     let transport = match given {
@@ -92,7 +92,6 @@ pub(super) async fn connect(
             .await?
         }
     };
-    health.register(super::checks::broker(transport.clone()));
     #[cfg(feature = "postgres")]
     let postgres = match &config.postgres.url {
         None => None,

@@ -338,6 +338,8 @@ where
         let accept = server::spawn(listener, move |_| admin.clone(), admin_phases, TaskTracker::new());
         (addr, Some(accept))
     };
+    // A service that configured no broker and uses none reports no messaging checks.
+    let messaging_configured = chassis.messaging.transport != "memory" || options.transport.is_some();
     // The admin endpoints answer from here on; the startup probe fails until init is done.
     let dependencies = match dependencies::connect(&chassis, options.transport, &health).await {
         Ok(dependencies) => dependencies,
@@ -356,7 +358,6 @@ where
         chassis.service.name.as_str(),
         chassis.messaging.clone(),
     );
-    health.register(bus.consumers_check());
     let phases = connection::Phases {
         stop: stop.clone(),
         ..connection::Phases::default()
@@ -380,6 +381,7 @@ where
         },
     });
     let outbox_used = ctx.outbox_used();
+    let messaging_bus = ctx.bus().clone();
     let routes = match init(ctx).await {
         Ok(routes) => routes,
         Err(error) => {
@@ -388,6 +390,10 @@ where
             return Err(StartError::Init(error));
         }
     };
+    if messaging_configured || messaging_bus.has_consumers() || outbox_used.load(std::sync::atomic::Ordering::Acquire) {
+        health.register(checks::broker(dependencies.transport.clone()));
+        health.register(messaging_bus.consumers_check());
+    }
     #[cfg(feature = "postgres")]
     if let Some(pool) = &dependencies.postgres {
         if outbox_used.load(std::sync::atomic::Ordering::Acquire) {
