@@ -52,6 +52,8 @@ for _ in $(seq 1 100); do
 done
 curl -fs localhost:19090/health/ready | grep -q '"status":"pass"\|"status":"warn"'
 curl -fs localhost:19090/metrics | grep -q chassis_build_info
+# Prometheus accepts the generated service's exposition, lint included.
+curl -fs localhost:19090/metrics | promtool check metrics
 curl -fs localhost:18080/hello/ci | grep -q "Hello, ci!"
 kill -TERM "$PID"
 wait "$PID"

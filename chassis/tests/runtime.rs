@@ -238,26 +238,8 @@ async fn metrics_use_route_templates_and_leave_admin_requests_out() {
     assert!(text.contains("chassis_build_info{"), "{text}");
     assert!(text.contains("service=\"metrics-test\""));
 
-    // The exposition is valid for Prometheus itself.
-    let mut promtool = tokio::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (Debian package prometheus; .ci/run installs it)");
-    use tokio::io::AsyncWriteExt as _;
-    let mut stdin = promtool.stdin.take().unwrap();
-    stdin.write_all(text.as_bytes()).await.unwrap();
-    drop(stdin);
-    let output = promtool.wait_with_output().await.unwrap();
-    let report = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
-    // promtool exits 3 for lint warnings only (e.g. counter naming of process metrics); errors are 1.
-    assert_ne!(
-        output.status.code(),
-        Some(1),
-        "promtool rejected the exposition:\n{report}"
-    );
+    // The exposition is valid for Prometheus itself, lint included.
+    chassis::testing::promtool_check(&text).await.unwrap();
     service.stop().await;
 }
 

@@ -490,3 +490,12 @@ impl Clients {
         Ok(client)
     }
 }
+
+/// HELP and units for the metrics of this module.
+pub(crate) fn describe_metrics() {
+    metrics::describe_histogram!(
+        HTTP_CLIENT_REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of HTTP client requests."
+    );
+}

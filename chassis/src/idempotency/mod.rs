@@ -25,3 +25,15 @@ pub use postgres_store::{MIGRATION, PostgresStore};
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
 pub use store::{Begin, IdempotencyStore, StoreError, StoredResponse};
+
+/// HELP and units for the metrics of this module.
+pub(crate) fn describe_metrics() {
+    metrics::describe_counter!(
+        layer::REQUESTS_TOTAL,
+        "Requests seen by the Idempotency-Key layer, by outcome."
+    );
+    metrics::describe_counter!(
+        consumer::CONSUMED_TOTAL,
+        "Messages seen by idempotent consumers, by consumer and outcome (processed, duplicate, in_flight, failed)."
+    );
+}

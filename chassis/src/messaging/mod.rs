@@ -102,3 +102,27 @@ pub async fn connect(config: &MessagingConfig) -> Result<Arc<dyn Transport>, Mes
         )),
     }
 }
+
+/// HELP and units for the metrics of this module.
+pub(crate) fn describe_metrics() {
+    metrics::describe_counter!(PUBLISHED_TOTAL, "Messages published, by type and kind.");
+    metrics::describe_counter!(
+        CONSUMED_TOTAL,
+        "Messages consumed, by type, group and outcome (success, retried, dead_lettered)."
+    );
+    metrics::describe_counter!(
+        DEAD_LETTERED_TOTAL,
+        "Messages moved to the dead letters, by type and group."
+    );
+    metrics::describe_histogram!(
+        HANDLER_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of message handlers, by type and group."
+    );
+    metrics::describe_counter!(
+        CONSUMER_RESTARTS_TOTAL,
+        "Consumers subscribed again after their subscription ended, by group and type."
+    );
+    #[cfg(feature = "postgres")]
+    metrics::describe_counter!(INBOX_TOTAL, "Messages seen by the inbox, by consumer and outcome.");
+}

@@ -128,3 +128,15 @@ pub(crate) async fn delete_sent(pool: &PgPool, retention: Duration) -> Result<u6
     )
     .await
 }
+
+/// HELP and units for the metrics of this module.
+pub(crate) fn describe_metrics() {
+    metrics::describe_gauge!(PENDING, "Outbox rows not yet published.");
+    metrics::describe_gauge!(
+        LAG_SECONDS,
+        metrics::Unit::Seconds,
+        "Age of the oldest outbox row not yet published."
+    );
+    metrics::describe_counter!(PUBLISHED_TOTAL, "Outbox rows published.");
+    metrics::describe_counter!(PUBLISH_FAILURES_TOTAL, "Outbox publish rounds that failed.");
+}

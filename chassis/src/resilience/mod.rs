@@ -31,3 +31,28 @@ pub use circuit_breaker::{
 pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitKey, RateLimitLayer};
 pub use retry::{Retry, RetryConfig, RetryLayer};
 pub use timeout::{Elapsed, Timeout, TimeoutLayer};
+
+/// HELP and units for the metrics of this module.
+pub(crate) fn describe_metrics() {
+    metrics::describe_counter!(
+        bulkhead::REJECTED_TOTAL,
+        "Calls refused by a full bulkhead, by bulkhead."
+    );
+    metrics::describe_gauge!(
+        circuit_breaker::STATE,
+        "Circuit breaker state, by breaker and state: 1 for the current one, 0 for the others."
+    );
+    metrics::describe_counter!(
+        circuit_breaker::CALLS_TOTAL,
+        "Calls through a circuit breaker, by breaker and outcome."
+    );
+    metrics::describe_counter!(
+        circuit_breaker::TRANSITIONS_TOTAL,
+        "Circuit breaker state changes, by breaker, from and to."
+    );
+    metrics::describe_counter!(retry::ATTEMPTS_TOTAL, "Retry attempts, by client and outcome.");
+    metrics::describe_counter!(
+        rate_limit::REJECTED_TOTAL,
+        "Requests refused by a rate limiter, by limiter."
+    );
+}

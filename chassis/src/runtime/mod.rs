@@ -318,7 +318,7 @@ where
         )),
         None => None,
     };
-    server::describe_metrics();
+    describe_metrics();
     let connections = TaskTracker::new();
     // The admin listener keeps answering while the service drains: readiness must say `fail`.
     let admin_phases = connection::Phases::default();
@@ -522,6 +522,23 @@ async fn supervise(s: Supervised) -> Stopped {
     }
     s.telemetry.shutdown().await;
     outcome
+}
+
+/// Gives every metric the chassis records its HELP text (and unit), so each exposition passes
+/// `promtool check metrics`.
+fn describe_metrics() {
+    server::describe_metrics();
+    crate::resilience::describe_metrics();
+    crate::client::describe_metrics();
+    crate::idempotency::describe_metrics();
+    crate::messaging::describe_metrics();
+    crate::saga::describe_metrics();
+    crate::outbox::describe_metrics();
+    #[cfg(feature = "postgres")]
+    metrics::describe_counter!(
+        RETENTION_DELETED_TOTAL,
+        "Rows of the chassis' tables deleted by retention, by table."
+    );
 }
 
 /// Checks the listener's certificate files every `reload_interval` and uses renewed ones.

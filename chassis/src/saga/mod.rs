@@ -61,3 +61,13 @@ pub use store::{MemorySagaStore, SagaRecord, SagaStatus, SagaStore};
 pub const STEP_DURATION: &str = "chassis_saga_step_duration_seconds";
 /// Counter of sagas that reached a final state.
 pub const FINISHED_TOTAL: &str = "chassis_saga_finished_total";
+
+/// HELP and units for the metrics of this module.
+pub(crate) fn describe_metrics() {
+    metrics::describe_histogram!(
+        STEP_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of saga steps and compensations, by saga, step, phase and outcome."
+    );
+    metrics::describe_counter!(FINISHED_TOTAL, "Sagas that reached a final state, by saga and outcome.");
+}

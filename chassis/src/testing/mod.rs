@@ -21,6 +21,7 @@ mod otlp;
 mod pki;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod promtool;
 mod proxy;
 
 use std::future::Future;
@@ -33,6 +34,7 @@ pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use pki::{IssuedCertificate, TestPki};
 #[cfg(feature = "postgres")]
 pub use postgres::postgres_schema;
+pub use promtool::promtool_check;
 pub use proxy::{Fault, FaultProxy};
 
 use crate::runtime::{Context, Options, RunningService};
