@@ -9,6 +9,7 @@ use chassis::testing::{OtlpReceiver, options, spawn_with};
 use http::StatusCode;
 
 const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
 const ERROR: i32 = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,6 +80,12 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
         .send()
         .await
         .unwrap();
+    // A call through the chassis client: a CLIENT span.
+    let mut config = chassis::client::ClientConfig::new(format!("http://{}", service.http_addr()));
+    config.retry.max_retries = 0;
+    let outbound =
+        chassis::client::Client::new("self", config, &chassis::resilience::CircuitBreakerRegistry::new()).unwrap();
+    assert_eq!(outbound.get("/users/7").await.unwrap().status(), 200);
     let dead_lettered = format!("http://{}/dead-letters/doomed", service.admin_addr());
     chassis::testing::eventually("the message to be dead-lettered", async || {
         let letters: Vec<serde_json::Value> = client.get(&dead_lettered).send().await.ok()?.json().await.ok()?;
@@ -88,11 +95,28 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
     // Stopping flushes the batch.
     service.stop().await;
 
+    let client_span = receiver.wait_for(|s| s.kind == CLIENT).await;
+    for (attribute, kind) in [
+        ("http.response.status_code", "int"),
+        ("server.port", "int"),
+        ("http.request.method", "string"),
+    ] {
+        assert_eq!(
+            client_span.attribute_types.get(attribute).copied(),
+            Some(kind),
+            "{attribute}: {client_span:?}"
+        );
+    }
     let span = receiver.wait_for(|s| s.name == "GET /users/{id}").await;
     assert_eq!(span.trace_id, trace_id, "the span continues the caller's trace");
     assert_eq!(span.parent_span_id, parent_id, "the caller's span is the parent");
     assert_eq!(span.kind, SERVER);
     assert_eq!(span.service_name, "otlp-test");
+    assert!(!span.resource["service.instance.id"].is_empty(), "{:?}", span.resource);
+    assert_eq!(
+        span.attribute_types["http.response.status_code"], "int",
+        "an integer, as semconv types it"
+    );
     assert_eq!(span.attributes["http.route"], "/users/{id}");
     assert_eq!(span.attributes["http.request.method"], "GET");
     assert_eq!(span.attributes["http.response.status_code"], "200");

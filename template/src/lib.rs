@@ -196,9 +196,12 @@ async fn downstream(State(state): State<AppState>) -> impl IntoResponse {
             let status = response.status();
             (StatusCode::OK, format!("downstream answered {status}")).into_response()
         }
-        Err(error) => Problem::new(StatusCode::BAD_GATEWAY, "downstream-unavailable", "Downstream unavailable")
-            .with_detail(error.to_string())
-            .into_response(),
+        Err(error) => {
+            let title = "Downstream unavailable";
+            Problem::new(StatusCode::BAD_GATEWAY, "downstream-unavailable", title)
+                .with_detail(error.to_string())
+                .into_response()
+        }
     }
 }
 {%- endif %}
@@ -270,10 +273,12 @@ pub async fn init(ctx: Context<Settings>) -> chassis::Result<Router> {
 
 {%- if idempotency_store == "postgres" %}
     let store = PostgresStore::from_pool(pool);
-    let idempotency = IdempotencyLayer::transactional(store, IdempotencyConfig::default().with_namespace(env!("CARGO_PKG_NAME")))?;
+    let config = IdempotencyConfig::default().with_namespace(env!("CARGO_PKG_NAME"));
+    let idempotency = IdempotencyLayer::transactional(store, config)?;
 {%- else %}
     let store = idempotency_store(&ctx)?;
-    let idempotency = IdempotencyLayer::new(store, IdempotencyConfig::default().with_namespace(env!("CARGO_PKG_NAME")))?;
+    let config = IdempotencyConfig::default().with_namespace(env!("CARGO_PKG_NAME"));
+    let idempotency = IdempotencyLayer::new(store, config)?;
 {%- endif %}
     let routes = Router::new()
         .route("/hello/{name}", get(hello))

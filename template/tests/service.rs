@@ -7,7 +7,8 @@ const DOWNSTREAM: &str = "http://127.0.0.1:9";
 #[tokio::test]
 async fn serves_routes_health_and_metrics() {
     // The name and version the binary reports, as `#[chassis::main]` sets them.
-    let options = chassis::testing::options().service_defaults(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
+    let options = chassis::testing::options()
+        .service_defaults(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
 {%- if downstream_client %}
     // Nothing listens there: the sample client is configured, not called.
     let options = options.configure(|l| l.set("clients.downstream.base_url", DOWNSTREAM));

@@ -87,14 +87,23 @@ where
             otel.name = method,
             http.request.method = method,
             server.address = %host,
-            server.port = request.uri().port_u16().unwrap_or(80),
             url.full = %request.uri(),
             client = %self.client,
-            http.response.status_code = Empty,
             otel.status_code = Empty,
             error.type = Empty,
         );
         if !span.is_disabled() {
+            // Integers through the OpenTelemetry API: as `tracing` fields they would arrive as
+            // strings, and `http.response.status_code >= 500` would miss them.
+            let default_port = if request.uri().scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            };
+            span.set_attribute(
+                "server.port",
+                i64::from(request.uri().port_u16().unwrap_or(default_port)),
+            );
             crate::telemetry::inject_context(&span.context(), request.headers_mut());
         }
         let inner = {
@@ -155,7 +164,7 @@ where
         if !this.span.is_disabled() {
             if let Ok(response) = &result {
                 this.span
-                    .record("http.response.status_code", response.status().as_u16());
+                    .set_attribute("http.response.status_code", i64::from(response.status().as_u16()));
                 if response.status().is_server_error() {
                     this.span.record("otel.status_code", "error");
                     this.span.record("error.type", status);

@@ -147,6 +147,14 @@ impl ConfigLoader {
             Some(vars) => env.source(Some(vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect())),
             None => env,
         };
+        // The standard name of the service, below the chassis' own variable.
+        if let Some(name) = self.env_var("OTEL_SERVICE_NAME") {
+            builder = builder.add_source(Named {
+                key: "service.name",
+                value: name,
+                origin: "environment variable OTEL_SERVICE_NAME",
+            });
+        }
         builder = builder.add_source(JsonValues(env));
         for (key, value) in &self.overrides {
             builder = builder
@@ -246,6 +254,26 @@ impl ConfigLoader {
             });
         }
         (issues, kept)
+    }
+}
+
+/// One value from a named origin.
+#[derive(Debug, Clone)]
+struct Named {
+    key: &'static str,
+    value: String,
+    origin: &'static str,
+}
+
+impl config::Source for Named {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        let origin = self.origin.to_owned();
+        let value = Value::new(Some(&origin), ValueKind::String(self.value.clone()));
+        Ok(Map::from([(self.key.to_owned(), value)]))
     }
 }
 

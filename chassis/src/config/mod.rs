@@ -318,6 +318,21 @@ mod tests {
     }
 
     #[test]
+    fn otel_service_name_names_the_service_below_the_chassis_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sections, _) = loader(dir.path())
+            .environment_source([("OTEL_SERVICE_NAME", "checkout")])
+            .load::<Sections, ()>()
+            .unwrap();
+        assert_eq!(sections.service.name, "checkout");
+        let (sections, _) = loader(dir.path())
+            .environment_source([("OTEL_SERVICE_NAME", "checkout"), ("APP__SERVICE__NAME", "orders")])
+            .load::<Sections, ()>()
+            .unwrap();
+        assert_eq!(sections.service.name, "orders");
+    }
+
+    #[test]
     fn lists_and_tables_come_from_the_environment_as_json() {
         #[derive(Debug, Deserialize)]
         struct Lists {

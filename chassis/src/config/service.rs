@@ -5,7 +5,8 @@ use serde::Deserialize;
 use super::{Problems, Validate};
 
 /// `[service]`: who this service is. Used in the tracing resource, `chassis_build_info` and
-/// health responses.
+/// health responses. The standard `OTEL_SERVICE_NAME` sets `service.name` too (below
+/// `APP__SERVICE__NAME`), so every signal names the service the same way.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -16,6 +17,21 @@ pub struct ServiceConfig {
     pub version: String,
     /// `service.environment`: default `"development"`. Selects `config/{environment}.toml`.
     pub environment: String,
+    /// `service.instance_id`: this process among the service's replicas
+    /// (`service.instance.id` in the trace resource). Default: the `HOSTNAME` environment
+    /// variable (a Kubernetes pod's name), else a random UUID made at start.
+    pub instance_id: Option<String>,
+}
+
+impl ServiceConfig {
+    /// The instance id: `instance_id`, else `HOSTNAME`, else a UUID made once per process.
+    pub fn instance_id(&self) -> String {
+        static GENERATED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        self.instance_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.trim().is_empty()))
+            .unwrap_or_else(|| GENERATED.get_or_init(|| uuid::Uuid::new_v4().to_string()).clone())
+    }
 }
 
 impl Default for ServiceConfig {
@@ -24,6 +40,7 @@ impl Default for ServiceConfig {
             name: "service".into(),
             version: "0.0.0".into(),
             environment: "development".into(),
+            instance_id: None,
         }
     }
 }

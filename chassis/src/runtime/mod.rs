@@ -534,6 +534,7 @@ fn describe_metrics() {
     crate::messaging::describe_metrics();
     crate::saga::describe_metrics();
     crate::outbox::describe_metrics();
+    crate::telemetry::describe_metrics();
     #[cfg(feature = "postgres")]
     metrics::describe_counter!(
         RETENTION_DELETED_TOTAL,

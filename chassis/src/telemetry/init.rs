@@ -40,15 +40,23 @@ pub enum TelemetryError {
 #[must_use = "dropping the guard without shutdown() loses the spans still in the batch"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    #[cfg_attr(not(any(feature = "otlp-http", feature = "otlp-grpc")), allow(dead_code))]
+    flush_timeout: std::time::Duration,
 }
 
 /// The provider installed by the first [`init`].
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+/// Its batch processor, when it exports.
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+static BATCH: OnceLock<std::sync::Arc<super::batch::BatchProcessor>> = OnceLock::new();
 
 impl TelemetryGuard {
     /// A guard that owns nothing (telemetry was initialized elsewhere).
     pub fn none() -> Self {
-        Self { provider: None }
+        Self {
+            provider: None,
+            flush_timeout: std::time::Duration::ZERO,
+        }
     }
 
     /// `true` when this guard holds the process' tracer provider.
@@ -56,13 +64,23 @@ impl TelemetryGuard {
         self.provider.is_some()
     }
 
-    /// Exports the spans still batched.
+    /// Exports the spans still batched, waiting at most `telemetry.flush_timeout`: a collector
+    /// that is down or hangs cannot hold the process past its shutdown budget.
     pub async fn flush(&self) {
-        if let Some(provider) = self.provider.clone() {
-            // The SDK's flush blocks the calling thread until the exporter answers.
-            let result = tokio::task::spawn_blocking(move || provider.force_flush()).await;
-            if let Ok(Err(e)) = result {
-                eprintln!("telemetry: flushing spans failed: {e}");
+        if self.provider.is_none() {
+            return;
+        }
+        #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+        if let Some(batch) = BATCH.get().cloned() {
+            let within = self.flush_timeout;
+            // The flush blocks its thread until the exporter answers or the time is up.
+            let result = tokio::task::spawn_blocking(move || batch.flush_within(within)).await;
+            if let Ok(Err(error)) = result {
+                tracing::warn!(
+                    %error,
+                    flush_timeout = %crate::config::duration::format(&within),
+                    "the spans still batched at shutdown could not be exported in time; they are lost"
+                );
             }
         }
     }
@@ -91,6 +109,7 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
     if INSTALLED.get().is_some() {
         return Ok(TelemetryGuard {
             provider: PROVIDER.get().cloned(),
+            flush_timeout: config.flush_timeout,
         });
     }
     let (provider, exporting) = build_provider(service, config)?;
@@ -160,6 +179,7 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
     });
     Ok(TelemetryGuard {
         provider: Some(provider),
+        flush_timeout: config.flush_timeout,
     })
 }
 
@@ -187,13 +207,12 @@ fn build_provider(
     service: &ServiceConfig,
     config: &TelemetryConfig,
 ) -> Result<(SdkTracerProvider, bool), TelemetryError> {
-    let mut resource = Resource::builder();
-    if !env_set("OTEL_SERVICE_NAME") {
-        resource = resource.with_service_name(service.name.clone());
-    }
-    let resource = resource
+    // `service.name` already is OTEL_SERVICE_NAME when that is set: one name for every signal.
+    let resource = Resource::builder()
+        .with_service_name(service.name.clone())
         .with_attributes([
             KeyValue::new("service.version", service.version.clone()),
+            KeyValue::new("service.instance.id", service.instance_id()),
             KeyValue::new("deployment.environment.name", service.environment.clone()),
         ])
         .build();
@@ -211,7 +230,14 @@ fn build_provider(
     #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
     {
         let exporter = super::exporter::build(&config.otlp)?;
-        Ok((builder.with_batch_exporter(exporter).build(), true))
+        let endpoint = config
+            .otlp
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "the endpoint of OTEL_EXPORTER_OTLP_*".into());
+        let batch = std::sync::Arc::new(super::batch::BatchProcessor::new(exporter, endpoint, &config.otlp));
+        let _ = BATCH.set(batch.clone());
+        Ok((builder.with_span_processor(super::batch::Shared(batch)).build(), true))
     }
     #[cfg(not(any(feature = "otlp-http", feature = "otlp-grpc")))]
     Err(TelemetryError::Exporter {

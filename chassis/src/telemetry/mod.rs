@@ -17,6 +17,8 @@
 //! logs correlate. `OTEL_SDK_DISABLED=true` turns export off, `OTEL_SERVICE_NAME` overrides the
 //! service name in the resource.
 
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+mod batch;
 mod config;
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 mod exporter;
@@ -29,8 +31,16 @@ mod route_names;
 mod span_source;
 pub mod trace;
 
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+pub use batch::SPANS_TOTAL;
 pub use config::{LogFormat, OtlpConfig, OtlpProtocol, TelemetryConfig};
 pub use init::{TelemetryError, TelemetryGuard, init};
 pub use propagation::{HeaderExtractor, HeaderInjector, extract_context, inject_context, propagator};
 pub use request_id::{REQUEST_ID_HEADER, RequestId, SetRequestId, SetRequestIdLayer};
 pub use trace::{Trace, TraceLayer};
+
+/// HELP and units for the metrics of this module.
+pub(crate) fn describe_metrics() {
+    #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+    batch::describe_metrics();
+}

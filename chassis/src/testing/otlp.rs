@@ -34,6 +34,11 @@ pub struct ReceivedSpan {
     pub status_code: i32,
     /// `service.name` of the resource that sent the span.
     pub service_name: String,
+    /// The OTLP type of each attribute: `"string"`, `"int"`, `"double"` or `"bool"`, to check
+    /// that integers arrive as integers.
+    pub attribute_types: BTreeMap<String, &'static str>,
+    /// The attributes of the resource that sent the span, rendered as strings.
+    pub resource: BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -120,14 +125,17 @@ async fn export(State(received): State<Arc<Received>>, body: Bytes) -> axum::res
     };
     let mut spans = Vec::new();
     for resource_spans in request.resource_spans {
-        let service_name = resource_spans
+        let resource: BTreeMap<String, String> = resource_spans
             .resource
             .as_ref()
-            .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-            .and_then(|kv| kv.value.as_ref())
-            .and_then(|v| v.value.as_ref())
-            .map(render)
+            .map(|r| {
+                r.attributes
+                    .iter()
+                    .filter_map(|kv| Some((kv.key.clone(), render(kv.value.as_ref()?.value.as_ref()?))))
+                    .collect()
+            })
             .unwrap_or_default();
+        let service_name = resource.get("service.name").cloned().unwrap_or_default();
         for scope_spans in resource_spans.scope_spans {
             for span in scope_spans.spans {
                 spans.push(ReceivedSpan {
@@ -141,8 +149,14 @@ async fn export(State(received): State<Arc<Received>>, body: Bytes) -> axum::res
                         .iter()
                         .filter_map(|kv| Some((kv.key.clone(), render(kv.value.as_ref()?.value.as_ref()?))))
                         .collect(),
+                    attribute_types: span
+                        .attributes
+                        .iter()
+                        .filter_map(|kv| Some((kv.key.clone(), type_of(kv.value.as_ref()?.value.as_ref()?))))
+                        .collect(),
                     status_code: span.status.map(|s| s.code).unwrap_or(0),
                     service_name: service_name.clone(),
+                    resource: resource.clone(),
                 });
             }
         }
@@ -163,6 +177,16 @@ fn render(value: &Value) -> String {
         Value::DoubleValue(d) => d.to_string(),
         Value::BoolValue(b) => b.to_string(),
         other => format!("{other:?}"),
+    }
+}
+
+fn type_of(value: &Value) -> &'static str {
+    match value {
+        Value::StringValue(_) => "string",
+        Value::IntValue(_) => "int",
+        Value::DoubleValue(_) => "double",
+        Value::BoolValue(_) => "bool",
+        _ => "other",
     }
 }
 
