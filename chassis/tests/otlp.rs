@@ -31,6 +31,10 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
             .route("/users/{id}", get(|| async { "user" }))
             .route("/fail", get(|| async { StatusCode::BAD_GATEWAY }))
             .route(
+                "/slow",
+                get(|| async { tokio::time::sleep(std::time::Duration::from_secs(60)).await }),
+            )
+            .route(
                 "/spawn",
                 get(|| async {
                     use tracing::Instrument as _;
@@ -80,6 +84,30 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
         .send()
         .await
         .unwrap();
+    // A client that gives up: the request is still traced and counted.
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(
+        impatient
+            .get(format!("http://{}/slow", service.http_addr()))
+            .send()
+            .await
+            .is_err()
+    );
+    let metrics = format!("http://{}/metrics", service.admin_addr());
+    chassis::testing::eventually("the abandoned request to be counted", async || {
+        let text = client.get(&metrics).send().await.ok()?.text().await.ok()?;
+        text.lines()
+            .any(|l| {
+                l.starts_with("http_server_request_duration_seconds_count{")
+                    && l.contains("http_route=\"/slow\"")
+                    && l.contains("error_type=\"client_closed\"")
+            })
+            .then_some(())
+    })
+    .await;
     // A call through the chassis client: a CLIENT span.
     let mut config = chassis::client::ClientConfig::new(format!("http://{}", service.http_addr()));
     config.retry.max_retries = 0;
@@ -95,6 +123,9 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
     // Stopping flushes the batch.
     service.stop().await;
 
+    let abandoned = receiver.wait_for(|s| s.name == "GET /slow").await;
+    assert_eq!(abandoned.attributes["error.type"], "client_closed");
+    assert_eq!(abandoned.attributes["http.route"], "/slow");
     let client_span = receiver.wait_for(|s| s.kind == CLIENT).await;
     for (attribute, kind) in [
         ("http.response.status_code", "int"),
@@ -149,6 +180,11 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
         "a dead-lettered message marks its span as an error"
     );
     assert_eq!(process.attributes["error.type"], "dead_lettered");
+    assert_eq!(process.attributes["messaging.operation.name"], "process");
+    assert_eq!(process.attributes["messaging.destination.name"], "test.doomed");
+    assert_eq!(process.attribute_types["messaging.message.delivery_count"], "int");
+    let publish = receiver.wait_for(|s| s.name == "publish test.doomed").await;
+    assert_eq!(publish.attributes["messaging.operation.type"], "send");
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -39,3 +39,25 @@ pub fn status_label(status: u16) -> &'static str {
         _ => "_OTHER",
     }
 }
+
+/// How a request reached the service: `"https"` when its connection is TLS, `"http"`
+/// otherwise. The listener puts it in each request's extensions; [`url_scheme`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UrlScheme(pub &'static str);
+
+/// The scheme of `request` (`url.scheme`): from the listener's [`UrlScheme`], or the URI's own
+/// (absolute-form), `"http"` otherwise.
+///
+/// ```
+/// let request = http::Request::get("/").body(()).unwrap();
+/// assert_eq!(chassis::http::url_scheme(&request), "http");
+/// ```
+pub fn url_scheme<B>(request: &http::Request<B>) -> &'static str {
+    if let Some(UrlScheme(scheme)) = request.extensions().get::<UrlScheme>() {
+        return scheme;
+    }
+    match request.uri().scheme_str() {
+        Some("https") => "https",
+        _ => "http",
+    }
+}

@@ -23,7 +23,7 @@ pub mod recover_panic;
 mod route;
 
 pub use body_limit::{BodyLimit, BodyLimitLayer, PayloadTooLarge};
-pub use labels::{method_label, status_label};
+pub use labels::{UrlScheme, method_label, status_label, url_scheme};
 pub use problem_response::{ProblemResponse, ProblemResponseLayer, problem_for};
 pub use recover_panic::{PanicResponse, RecoverPanic, RecoverPanicLayer};
 pub(crate) use route::HoldsRoute;

@@ -417,6 +417,10 @@ impl Transport for AmqpTransport {
         "rabbitmq"
     }
 
+    fn destination(&self, kind: Kind, _: &str) -> String {
+        self.exchange(kind)
+    }
+
     fn publish<'a>(
         &'a self,
         kind: Kind,

@@ -92,17 +92,35 @@ impl Bus {
     }
 
     async fn emit<M: Message>(&self, kind: Kind, message: &M, options: Publish) -> Result<Envelope, MessagingError> {
+        let destination = self.transport.destination(kind, M::TYPE);
+        let operation = match kind {
+            Kind::Event => "publish",
+            Kind::Command => "send",
+        };
         let span = tracing::info_span!(
             target: "chassis::messaging",
             "publish",
             otel.kind = "producer",
-            otel.name = %format!("publish {}", M::TYPE),
+            otel.name = %format!("{operation} {destination}"),
             messaging.system = self.transport.name(),
-            messaging.operation.type = "publish",
-            messaging.destination.name = M::TYPE,
+            messaging.operation.type = "send",
+            messaging.operation.name = operation,
+            messaging.destination.name = %destination,
+            message.type = M::TYPE,
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
         );
         let (envelope, raw) = encode(&self.source, message, options, &span.context())?;
-        self.transport.publish(kind, M::TYPE, raw).instrument(span).await?;
+        if let Err(error) = self
+            .transport
+            .publish(kind, M::TYPE, raw)
+            .instrument(span.clone())
+            .await
+        {
+            span.record("otel.status_code", "error");
+            span.record("error.type", "publish_failed");
+            return Err(error);
+        }
         metrics::counter!(PUBLISHED_TOTAL, "type" => M::TYPE, "kind" => kind.as_str()).increment(1);
         Ok(envelope)
     }

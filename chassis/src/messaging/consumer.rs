@@ -110,19 +110,23 @@ where
             }
             return;
         }
+        let destination = self.transport.destination(self.kind, M::TYPE);
         let span = tracing::info_span!(
             target: "chassis::messaging",
             "process",
             otel.kind = "consumer",
-            otel.name = %format!("process {}", M::TYPE),
+            otel.name = %format!("process {destination}"),
             messaging.system = self.transport.name(),
             messaging.operation.type = "process",
-            messaging.destination.name = M::TYPE,
+            messaging.operation.name = "process",
+            messaging.destination.name = %destination,
             messaging.consumer.group.name = %self.group,
             messaging.message.id = tracing::field::Empty,
-            messaging.message.delivery_count = delivery.delivered,
+            message.type = M::TYPE,
             error.type = tracing::field::Empty,
         );
+        // An integer through the OpenTelemetry API (a `tracing` field would be a string).
+        span.set_attribute("messaging.message.delivery_count", i64::from(delivery.delivered));
         let decoded = Envelope::from_headers(&delivery.message.headers)
             .ok_or_else(|| "missing CloudEvents attributes (ce-id, ce-source, ce-type)".to_owned())
             .and_then(|envelope| {

@@ -203,6 +203,10 @@ impl Transport for NatsTransport {
         "nats"
     }
 
+    fn destination(&self, kind: Kind, message_type: &str) -> String {
+        self.subject(kind, message_type)
+    }
+
     fn publish<'a>(
         &'a self,
         kind: Kind,

@@ -267,6 +267,13 @@ pub trait Transport: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'a, Result<usize, MessagingError>>;
 
+    /// The broker's name for the destination of `kind` and `message_type` (the NATS subject,
+    /// the RabbitMQ exchange): `messaging.destination.name` in spans. Default: the type.
+    fn destination(&self, kind: Kind, message_type: &str) -> String {
+        let _ = kind;
+        message_type.to_owned()
+    }
+
     /// `true` while the transport is connected (reported by readiness).
     fn is_connected(&self) -> bool {
         true

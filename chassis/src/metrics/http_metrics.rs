@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::{HTTP_SERVER_ACTIVE_REQUESTS, HTTP_SERVER_REQUEST_DURATION};
-use crate::http::{MatchedRoute, method_label, status_label};
+use crate::http::{MatchedRoute, method_label, status_label, url_scheme};
 
 /// RED metrics for inbound HTTP: `http_server_request_duration_seconds` (histogram by method,
 /// matched route and status) and `http_server_active_requests` (gauge by method).
@@ -77,13 +77,19 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let route = MatchedRoute::attach(&mut request);
         let method = method_label(request.method());
+        let https = url_scheme(&request) == "https";
         let active = active_gauge(method);
         active.increment(1.0);
         ResponseFuture {
             inner: self.inner.call(request),
-            guard: ActiveGuard { active, method },
-            route,
-            started: quanta::Instant::now(),
+            guard: Outcome {
+                active,
+                method,
+                https,
+                route,
+                started: quanta::Instant::now(),
+                recorded: false,
+            },
         }
     }
 }
@@ -113,7 +119,7 @@ fn active_gauge(method: &'static str) -> &'static Gauge {
 // Keys are route templates of the service's own router, never client input: a fast unkeyed
 // hash is safe here, and SipHash on every request is measurable.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
-type DurationHandles = FastMap<(usize, u16), FastMap<Box<str>, Histogram>>;
+type DurationHandles = FastMap<(usize, u16, bool), FastMap<Box<str>, Histogram>>;
 
 thread_local! {
     // Each thread keeps the handles its requests used, so a request finds its series without
@@ -123,18 +129,29 @@ thread_local! {
     static DURATIONS: RefCell<DurationHandles> = RefCell::new(DurationHandles::default());
 }
 
-fn record_duration(method: &'static str, route: &str, status: u16, seconds: f64) {
+/// The status of a request whose client went away before the response: no status code, and
+/// `error_type="client_closed"`.
+const CLIENT_CLOSED: u16 = 0;
+
+fn record_duration(method: &'static str, route: &str, status: u16, https: bool, seconds: f64) {
     let register = || {
+        let (status_code, error_type) = match status {
+            CLIENT_CLOSED => ("", "client_closed"),
+            500.. => (status_label(status), status_label(status)),
+            _ => (status_label(status), ""),
+        };
         metrics::histogram!(
             HTTP_SERVER_REQUEST_DURATION,
             "http_request_method" => method,
             "http_route" => route.to_owned(),
-            "http_response_status_code" => status_label(status),
+            "http_response_status_code" => status_code,
+            "url_scheme" => if https { "https" } else { "http" },
+            "error_type" => error_type,
         )
     };
     let cached = DURATIONS.try_with(|handles| {
         let mut handles = handles.borrow_mut();
-        let routes = handles.entry((method_index(method), status)).or_default();
+        let routes = handles.entry((method_index(method), status, https)).or_default();
         match routes.get(route) {
             Some(histogram) => histogram.record(seconds),
             None => routes.entry(route.into()).or_insert_with(register).record(seconds),
@@ -146,16 +163,32 @@ fn record_duration(method: &'static str, route: &str, status: u16, seconds: f64)
     }
 }
 
-/// Decrements the in-flight gauge even when the request future is dropped (client gone,
-/// timeout further out).
-struct ActiveGuard {
+/// A request in progress: decrements the in-flight gauge and records the duration however the
+/// request ends, a client that went away (its future dropped) included.
+struct Outcome {
     active: &'static Gauge,
     method: &'static str,
+    https: bool,
+    route: MatchedRoute,
+    // The TSC clock (`quanta`): a third of `std::time::Instant`'s cost per reading here.
+    started: quanta::Instant,
+    recorded: bool,
 }
 
-impl Drop for ActiveGuard {
+impl Outcome {
+    fn record(&mut self, status: u16) {
+        self.recorded = true;
+        let seconds = (quanta::Instant::now() - self.started).as_secs_f64();
+        record_duration(self.method, self.route.label(), status, self.https, seconds);
+    }
+}
+
+impl Drop for Outcome {
     fn drop(&mut self) {
         self.active.decrement(1.0);
+        if !self.recorded {
+            self.record(CLIENT_CLOSED);
+        }
     }
 }
 
@@ -164,10 +197,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        guard: ActiveGuard,
-        route: MatchedRoute,
-        // The TSC clock (`quanta`): a third of `std::time::Instant`'s cost per reading here.
-        started: quanta::Instant,
+        guard: Outcome,
     }
 }
 
@@ -181,9 +211,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let status = result.as_ref().map(|r| r.status().as_u16()).unwrap_or(500);
-        let seconds = (quanta::Instant::now() - *this.started).as_secs_f64();
-        record_duration(this.guard.method, this.route.label(), status, seconds);
+        this.guard
+            .record(result.as_ref().map(|r| r.status().as_u16()).unwrap_or(500));
         Poll::Ready(result)
     }
 }
@@ -199,8 +228,8 @@ mod tests {
         std::thread::scope(|scope| {
             for _ in 0..4 {
                 scope.spawn(|| {
-                    record_duration("GET", ROUTE, 200, 0.001);
-                    record_duration("GET", ROUTE, 200, 0.002);
+                    record_duration("GET", ROUTE, 200, false, 0.001);
+                    record_duration("GET", ROUTE, 200, false, 0.002);
                 });
             }
         });

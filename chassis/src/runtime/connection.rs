@@ -228,7 +228,7 @@ const DRAINING_KEEP_ALIVE: Duration = Duration::from_secs(1);
 const LINGER_AT_STOP: Duration = Duration::from_millis(250);
 
 /// Serves one connection until it ends, and says why it ended.
-pub(crate) async fn serve<I, S>(io: I, service: S, limits: Arc<Limits>, phases: Phases) -> Closed
+pub(crate) async fn serve<I, S>(io: I, service: S, limits: Arc<Limits>, phases: Phases, tls: bool) -> Closed
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -246,6 +246,7 @@ where
     builder.http2().timer(TokioTimer::new());
     let service = Tracked {
         inner: service,
+        scheme: crate::http::UrlScheme(if tls { "https" } else { "http" }),
         activity: activity.clone(),
         limits: limits.clone(),
         draining: phases.draining.clone(),
@@ -361,6 +362,7 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
+    scheme: crate::http::UrlScheme,
     activity: Arc<Activity>,
     limits: Arc<Limits>,
     draining: CancellationToken,
@@ -375,7 +377,8 @@ where
     type Error = Infallible;
     type Future = TrackedFuture<tower::util::Oneshot<S, Request<Body>>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.scheme);
         let served = self.activity.request_started(request.version());
         let guard = RequestGuard(self.activity.clone());
         let close = request.version() <= Version::HTTP_11

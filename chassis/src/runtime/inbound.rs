@@ -189,8 +189,11 @@ impl Service<Request<Body>> for Inbound {
 
     #[inline(always)]
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        if request.extensions().is_empty() {
-            *request.extensions_mut() = presized_extensions();
+        // The listener's few entries (the URL scheme, an upgrade) move into a presized map.
+        if request.extensions().len() < 3 {
+            let mut extensions = presized_extensions();
+            extensions.extend(std::mem::take(request.extensions_mut()));
+            *request.extensions_mut() = extensions;
         }
         if let Some(remote) = self.remote {
             request.extensions_mut().insert(ConnectInfo(remote));

@@ -169,9 +169,9 @@ impl Accepted {
         let tls = self.tls.as_ref().map(|tls| tls.acceptor());
         self.connections.spawn(async move {
             let closed = match tls {
-                None => connection::serve(tcp, service, limits, phases).await,
+                None => connection::serve(tcp, service, limits, phases, false).await,
                 Some(tls) => match tokio::time::timeout(limits.header_read_timeout, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => connection::serve(stream, service, limits, phases).await,
+                    Ok(Ok(stream)) => connection::serve(stream, service, limits, phases, true).await,
                     Ok(Err(error)) => {
                         tracing::debug!(%error, %peer, "TLS handshake failed");
                         metrics::counter!(CLOSED_CONNECTIONS, "listener" => name, "reason" => "tls_handshake")

@@ -371,9 +371,17 @@ where
         phase: &'static str,
         run: BoxFuture<'static, Result<T, String>>,
     ) -> Result<T, StepFailure> {
-        let span = tracing::info_span!("saga step", otel.name = %format!("{} {} {}", self.inner.name, phase, step.name), saga.step = %step.name, saga.phase = phase);
+        let span = tracing::info_span!(
+            "saga step",
+            otel.name = %format!("{} {} {}", self.inner.name, phase, step.name),
+            saga.step = %step.name,
+            saga.phase = phase,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
         let started = tokio::time::Instant::now();
-        let result = match tokio::time::timeout(step.timeout, run).instrument(span).await {
+        let result = match tokio::time::timeout(step.timeout, run).instrument(span.clone()).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(StepFailure {
                 error,
@@ -389,6 +397,11 @@ where
             Err(StepFailure { timed_out: true, .. }) => "timeout",
             Err(_) => "error",
         };
+        if let Err(failure) = &result {
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", failure.error.as_str());
+            span.record("error.type", if failure.timed_out { "timeout" } else { "step_failed" });
+        }
         metrics::histogram!(STEP_DURATION, "saga" => self.inner.name.to_string(), "step" => step.name.to_string(), "phase" => phase, "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
         result

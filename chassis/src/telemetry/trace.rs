@@ -140,7 +140,10 @@ fn server_span<B>(source: &SpanSource, request: &Request<B>, method: &'static st
     where
         T::Span: Send + Sync + 'static,
     {
-        let span = tracer.build_with_context(SpanBuilder::from_name(method).with_kind(SpanKind::Server), &parent);
+        let span = tracer.build_with_context(
+            SpanBuilder::from_name(span_method(method)).with_kind(SpanKind::Server),
+            &parent,
+        );
         parent.with_span(span)
     }
     let cx = match source {
@@ -153,8 +156,14 @@ fn server_span<B>(source: &SpanSource, request: &Request<B>, method: &'static st
     if span.is_recording() {
         let mut attributes = Vec::with_capacity(10);
         attributes.push(KeyValue::new("http.request.method", method));
+        if method == "_OTHER" {
+            attributes.push(KeyValue::new(
+                "http.request.method_original",
+                request.method().as_str().to_owned(),
+            ));
+        }
         attributes.push(KeyValue::new("url.path", request.uri().path().to_owned()));
-        attributes.push(KeyValue::new("url.scheme", scheme(request)));
+        attributes.push(KeyValue::new("url.scheme", crate::http::url_scheme(request)));
         attributes.push(KeyValue::new(
             "network.protocol.version",
             version_str(request.version()),
@@ -173,10 +182,11 @@ fn server_span<B>(source: &SpanSource, request: &Request<B>, method: &'static st
     cx
 }
 
-fn scheme<B>(request: &Request<B>) -> &'static str {
-    match request.uri().scheme_str() {
-        Some("https") => "https",
-        _ => "http",
+/// The method as it starts a span name: semconv names a span of an unknown method `HTTP`.
+fn span_method(method: &'static str) -> &'static str {
+    match method {
+        "_OTHER" => "HTTP",
+        known => known,
     }
 }
 
@@ -222,12 +232,14 @@ where
             attach,
             route,
             started: self.access_log.then(Instant::now),
+            finished: false,
         }
     }
 }
 
 pin_project! {
-    /// The response future of [`Trace`].
+    /// The response future of [`Trace`]. Dropped before the response (the client went away),
+    /// it still ends the server span, with the route and `error.type = "client_closed"`.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
@@ -241,6 +253,44 @@ pin_project! {
         attach: bool,
         route: MatchedRoute,
         started: Option<Instant>,
+        finished: bool,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.finished {
+                return;
+            }
+            if let Some(scope) = this.scope.as_ref() {
+                let server = scope.otel.span();
+                if server.is_recording() {
+                    let mut attributes = vec![KeyValue::new("error.type", "client_closed")];
+                    name_by_route(&server, scope.method, this.route.get(), &mut attributes);
+                    server.set_attributes(attributes);
+                    server.set_status(Status::error("the client closed the connection before the response"));
+                    server.end();
+                }
+            }
+        }
+    }
+}
+
+/// Names the server span by its route (`GET /orders/{id}`) and records `http.route`, or by
+/// the method alone for an unmatched request.
+fn name_by_route(
+    server: &opentelemetry::trace::SpanRef<'_>,
+    method: &'static str,
+    route: Option<&str>,
+    attributes: &mut Vec<KeyValue>,
+) {
+    match route {
+        Some(route) => {
+            let names = names(span_method(method), route);
+            server.update_name(names.span);
+            attributes.push(KeyValue::new("http.route", names.route));
+        }
+        None => server.update_name(span_method(method)),
     }
 }
 
@@ -272,17 +322,11 @@ where
         let route = this.route.get();
         let method = scope.method;
         let server = scope.otel.span();
+        *this.finished = true;
         if server.is_recording() {
             let mut attributes = Vec::with_capacity(3);
             attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
-            match route {
-                Some(route) => {
-                    let names = names(method, route);
-                    server.update_name(names.span);
-                    attributes.push(KeyValue::new("http.route", names.route));
-                }
-                None => server.update_name(method),
-            }
+            name_by_route(&server, method, route, &mut attributes);
             if status >= 500 {
                 attributes.push(KeyValue::new("error.type", i64::from(status).to_string()));
                 server.set_status(Status::error(""));
