@@ -16,8 +16,10 @@
 //! | `process_*` | see the `metrics-process` crate | |
 
 pub mod http_metrics;
+mod process;
+mod runtime;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::Unit;
@@ -47,7 +49,8 @@ pub const DEFAULT_DURATION_BUCKETS: &[f64] = &[
 pub struct MetricsConfig {
     /// `metrics.enabled`: install the recorder, the HTTP layer and `/metrics`. Default `true`.
     pub enabled: bool,
-    /// `metrics.process`: also export `process_*` metrics (CPU, memory, open fds, threads).
+    /// `metrics.process`: also export the `process_*` metrics (CPU, memory, open fds, threads;
+    /// Linux) and the tokio runtime's (`tokio_*`: workers, live tasks, queue depth, busy time).
     /// Default `true`.
     pub process: bool,
     /// `metrics.duration_buckets`: bucket bounds, in seconds, for every histogram whose name ends
@@ -108,25 +111,28 @@ pub enum MetricsError {
 #[derive(Clone)]
 pub struct MetricsHandle {
     prometheus: PrometheusHandle,
-    process: Option<Arc<metrics_process::Collector>>,
+    process: bool,
 }
 
 impl std::fmt::Debug for MetricsHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MetricsHandle")
-            .field("process", &self.process.is_some())
+            .field("process", &self.process)
             .finish()
     }
 }
 
 impl MetricsHandle {
-    /// The text exposition format (version 0.0.4).
+    /// The text exposition format (version 0.0.4): what the service recorded, the process
+    /// (`process_*`, with `metrics.process`) and the tokio runtime it runs on (`tokio_*`).
     pub fn render(&self) -> String {
-        if let Some(process) = &self.process {
-            process.collect();
-        }
         // Rendering folds in the histogram samples recorded since the last upkeep.
-        self.prometheus.render()
+        let mut text = self.prometheus.render();
+        if self.process {
+            text.push_str(&process::render());
+            text.push_str(&runtime::render());
+        }
+        text
     }
 }
 
@@ -155,13 +161,11 @@ pub fn install(config: &MetricsConfig, service: &ServiceConfig) -> Result<Metric
             let prometheus = recorder.handle();
             metrics::set_global_recorder(recorder).map_err(|_| MetricsError::RecorderTaken)?;
             spawn_upkeep(prometheus.clone(), config.upkeep_interval);
-            let process = config.process.then(|| {
-                let collector = metrics_process::Collector::default();
-                collector.describe();
-                Arc::new(collector)
-            });
             describe();
-            let handle = MetricsHandle { prometheus, process };
+            let handle = MetricsHandle {
+                prometheus,
+                process: config.process,
+            };
             INSTALLED.get_or_init(|| handle).clone()
         }
     };
