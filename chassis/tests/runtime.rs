@@ -415,3 +415,43 @@ async fn readiness_shows_only_the_dependencies_the_service_uses() {
     assert!(names.iter().any(|n| n == "messaging:consumers"), "{names:?}");
     subscribing.stop().await;
 }
+
+#[tokio::test]
+async fn the_log_filter_changes_while_the_service_runs() {
+    let service = spawn(|_: Context<()>| async { Ok(routes()) }).await;
+    let url = admin_url(&service, "/log-filter");
+    let before = json(client().get(&url).send().await.unwrap()).await;
+    assert!(before["filter"].is_string(), "{before}");
+
+    let changed = client()
+        .put(&url)
+        .json(&serde_json::json!({ "filter": "warn,runtime=debug" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    assert_eq!(
+        json(client().get(&url).send().await.unwrap()).await["filter"],
+        "warn,runtime=debug"
+    );
+    // DEBUG is below every other filter of the subscriber: only the new log filter enables it.
+    assert!(
+        tracing::enabled!(target: "runtime", tracing::Level::DEBUG),
+        "the new filter is in force"
+    );
+
+    let refused = client()
+        .put(&url)
+        .json(&serde_json::json!({ "filter": "info,[not a directive" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        json(client().get(&url).send().await.unwrap()).await["filter"],
+        "warn,runtime=debug"
+    );
+    let restored = client().put(&url).json(&before).send().await.unwrap();
+    assert_eq!(restored.status(), 200);
+    service.stop().await;
+}

@@ -116,9 +116,7 @@ pub struct MetricsHandle {
 
 impl std::fmt::Debug for MetricsHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetricsHandle")
-            .field("process", &self.process)
-            .finish()
+        f.debug_struct("MetricsHandle").field("process", &self.process).finish()
     }
 }
 

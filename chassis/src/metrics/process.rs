@@ -12,7 +12,11 @@ pub(crate) fn render() -> String {
     let mut text = String::new();
     if let Some(metrics) = read() {
         for (name, kind, help, value) in metrics {
-            let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n", number(value));
+            let _ = write!(
+                text,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+                number(value)
+            );
         }
     }
     text
@@ -48,16 +52,22 @@ fn read() -> Option<Vec<Metric>> {
     };
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let soft_limit = |name: &str| {
-        limits.lines().find(|l| l.starts_with(name)).and_then(|l| {
-            match l[name.len()..].split_whitespace().next()? {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| match l[name.len()..].split_whitespace().next()? {
                 "unlimited" => Some(f64::INFINITY),
                 value => value.parse().ok(),
-            }
-        })
+            })
     };
     let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as f64;
     Some(vec![
-        ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", cpu),
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            cpu,
+        ),
         (
             "process_start_time_seconds",
             "gauge",
@@ -82,14 +92,24 @@ fn read() -> Option<Vec<Metric>> {
             "Maximum amount of virtual memory available in bytes (+Inf when unlimited).",
             soft_limit("Max address space")?,
         ),
-        ("process_open_fds", "gauge", "Number of open file descriptors.", open_fds),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            open_fds,
+        ),
         (
             "process_max_fds",
             "gauge",
             "Maximum number of open file descriptors.",
             soft_limit("Max open files")?,
         ),
-        ("process_threads", "gauge", "Number of OS threads in the process.", kib("Threads:")?),
+        (
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process.",
+            kib("Threads:")?,
+        ),
     ])
 }
 

@@ -11,12 +11,24 @@ pub(crate) fn render() -> String {
     };
     let metrics = runtime.metrics();
     let workers = metrics.num_workers();
-    let busy: f64 = (0..workers).map(|w| metrics.worker_total_busy_duration(w).as_secs_f64()).sum();
+    let busy: f64 = (0..workers)
+        .map(|w| metrics.worker_total_busy_duration(w).as_secs_f64())
+        .sum();
     let parks: u64 = (0..workers).map(|w| metrics.worker_park_count(w)).sum();
     let mut text = String::new();
     for (name, kind, help, value) in [
-        ("tokio_workers", "gauge", "Worker threads of the tokio runtime.", workers as f64),
-        ("tokio_alive_tasks", "gauge", "Tasks alive in the tokio runtime.", metrics.num_alive_tasks() as f64),
+        (
+            "tokio_workers",
+            "gauge",
+            "Worker threads of the tokio runtime.",
+            workers as f64,
+        ),
+        (
+            "tokio_alive_tasks",
+            "gauge",
+            "Tasks alive in the tokio runtime.",
+            metrics.num_alive_tasks() as f64,
+        ),
         (
             "tokio_global_queue_depth",
             "gauge",
@@ -47,6 +59,9 @@ mod tests {
     async fn the_runtime_reports_its_workers() {
         let text = super::render();
         assert!(text.contains("tokio_workers 2\n"), "{text}");
-        assert!(text.contains("# TYPE tokio_worker_busy_seconds_total counter"), "{text}");
+        assert!(
+            text.contains("# TYPE tokio_worker_busy_seconds_total counter"),
+            "{text}"
+        );
     }
 }

@@ -20,20 +20,23 @@ use crate::resilience::CircuitBreakerRegistry;
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The admin endpoints: `/health/live`, `/health/ready`, `/health/startup`,
-/// `/circuit-breakers` (state, rates and window of every breaker, as JSON) and, with metrics
-/// enabled, `/metrics`. The runtime adds the dead letters' endpoints (see the messaging guide).
+/// `/circuit-breakers` (state, rates and window of every breaker, as JSON), `/log-filter`
+/// (`GET` the log filter, `PUT` `{"filter": "..."}` to change it while the service runs) and,
+/// with metrics enabled, `/metrics`. The runtime adds the dead letters' endpoints (see the messaging guide).
 pub fn admin_router(
     health: HealthRegistry,
     metrics: Option<MetricsHandle>,
     breakers: CircuitBreakerRegistry,
 ) -> Router {
-    let router = crate::health::router(health).route(
-        "/circuit-breakers",
-        get(move || {
-            let breakers = breakers.clone();
-            async move { axum::Json(breakers.snapshots()) }
-        }),
-    );
+    let router = crate::health::router(health)
+        .route(
+            "/circuit-breakers",
+            get(move || {
+                let breakers = breakers.clone();
+                async move { axum::Json(breakers.snapshots()) }
+            }),
+        )
+        .route("/log-filter", get(log_filter).put(set_log_filter));
     let router = match metrics {
         Some(handle) => router.route(
             "/metrics",
@@ -51,6 +54,40 @@ pub fn admin_router(
     };
     // Handlers become services once, not per request (see `Inbound::new`).
     router.with_state(())
+}
+
+#[derive(Serialize, Deserialize)]
+struct LogFilterBody {
+    filter: String,
+}
+
+/// `GET /log-filter`: the log filter in force.
+async fn log_filter() -> Response {
+    match crate::telemetry::log_filter() {
+        Some(filter) => axum::Json(LogFilterBody { filter }).into_response(),
+        None => Problem::new(StatusCode::NOT_FOUND, "log-filter-unavailable", "No log filter")
+            .with_detail("the chassis' logging is not installed in this process")
+            .into_response(),
+    }
+}
+
+/// `PUT /log-filter` with `{"filter": "info,chassis::messaging=debug"}`: replaces the filter
+/// until the next change or restart.
+async fn set_log_filter(body: Result<axum::Json<LogFilterBody>, axum::extract::rejection::JsonRejection>) -> Response {
+    let axum::Json(body) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return Problem::new(StatusCode::BAD_REQUEST, "invalid-log-filter", "Invalid log filter")
+                .with_detail(format!("send {{\"filter\": \"<EnvFilter directives>\"}}: {rejection}"))
+                .into_response();
+        }
+    };
+    match crate::telemetry::set_log_filter(&body.filter) {
+        Ok(()) => axum::Json(body).into_response(),
+        Err(reason) => Problem::new(StatusCode::BAD_REQUEST, "invalid-log-filter", "Invalid log filter")
+            .with_detail(reason)
+            .into_response(),
+    }
 }
 
 /// The transport whose dead letters the admin endpoints show, once start-up has connected it.

@@ -174,7 +174,7 @@ fn presized_extensions() -> http::Extensions {
 
 /// `true` for the paths the admin router answers.
 pub(crate) fn is_admin_path(path: &str) -> bool {
-    path == "/metrics" || path == "/circuit-breakers" || path.starts_with("/health/")
+    path == "/metrics" || path == "/circuit-breakers" || path == "/log-filter" || path.starts_with("/health/")
 }
 
 impl Service<Request<Body>> for Inbound {

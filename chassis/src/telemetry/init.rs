@@ -94,6 +94,45 @@ impl TelemetryGuard {
 
 static INSTALLED: OnceLock<()> = OnceLock::new();
 
+/// The log filter of the installed subscriber, and the directives it was made of.
+struct LogFilter {
+    handle: tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+    directives: std::sync::Mutex<String>,
+}
+
+static LOG_FILTER: OnceLock<LogFilter> = OnceLock::new();
+
+/// The directives of the log filter in force (`telemetry.log_level`, `RUST_LOG`, or what
+/// [`set_log_filter`] set); `None` when the chassis' subscriber is not installed.
+///
+/// ```
+/// assert_eq!(chassis::telemetry::log_filter(), None, "nothing installed in this doctest");
+/// ```
+pub fn log_filter() -> Option<String> {
+    let filter = LOG_FILTER.get()?;
+    Some(filter.directives.lock().unwrap_or_else(|e| e.into_inner()).clone())
+}
+
+/// Replaces the log filter while the service runs (`EnvFilter` directives such as
+/// `"info,chassis::messaging=debug"`); the admin endpoint `PUT /log-filter` calls it. Fails
+/// with the reason when the directives do not parse, or when the chassis' subscriber is not
+/// installed.
+pub fn set_log_filter(directives: &str) -> Result<(), String> {
+    let filter = LOG_FILTER
+        .get()
+        .ok_or("the chassis' logging is not installed in this process")?;
+    let parsed = EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| format!("invalid filter directives {directives:?}: {e}"))?;
+    filter
+        .handle
+        .reload(parsed)
+        .map_err(|e| format!("the log filter could not be replaced: {e}"))?;
+    *filter.directives.lock().unwrap_or_else(|e| e.into_inner()) = directives.to_owned();
+    tracing::info!(filter = directives, "log filter changed");
+    Ok(())
+}
+
 /// Installs logging and tracing for the process. The first call wins: later calls (a second
 /// service started in the same process) keep the first configuration and share its provider.
 ///
@@ -115,10 +154,13 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
     let (provider, exporting) = build_provider(service, config)?;
     let tracer = provider.tracer("chassis");
 
-    let log_filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder().parse_lossy(directives),
-        _ => EnvFilter::builder().parse_lossy(&config.log_level),
+    let log_directives = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => directives,
+        _ => config.log_level.clone(),
     };
+    // Reloadable: the admin endpoint `/log-filter` changes it while the service runs.
+    let (log_filter, log_handle) =
+        tracing_subscriber::reload::Layer::new(EnvFilter::builder().parse_lossy(&log_directives));
     let trace_filter = EnvFilter::builder().parse_lossy(&config.trace_level);
     let slot = format::DispatchSlot::default();
     let fmt_layer = match config.log_format {
@@ -165,6 +207,12 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
     // subscriber, installed for the whole process.
     request_span::set_lazy_request_spans(installed);
     let _ = INSTALLED.set(());
+    if installed {
+        let _ = LOG_FILTER.set(LogFilter {
+            handle: log_handle,
+            directives: std::sync::Mutex::new(log_directives),
+        });
+    }
     if !installed {
         // Someone else owns the global subscriber; our provider would never see a span.
         let _ = provider.shutdown();

@@ -34,7 +34,7 @@ pub mod trace;
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 pub use batch::SPANS_TOTAL;
 pub use config::{LogFormat, OtlpConfig, OtlpProtocol, TelemetryConfig};
-pub use init::{TelemetryError, TelemetryGuard, init};
+pub use init::{TelemetryError, TelemetryGuard, init, log_filter, set_log_filter};
 pub use propagation::{HeaderExtractor, HeaderInjector, extract_context, inject_context, propagator};
 pub use request_id::{REQUEST_ID_HEADER, RequestId, SetRequestId, SetRequestIdLayer};
 pub use trace::{Trace, TraceLayer};
