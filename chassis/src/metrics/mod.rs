@@ -112,7 +112,10 @@ pub enum MetricsError {
 pub struct MetricsHandle {
     prometheus: PrometheusHandle,
     process: bool,
+    hooks: std::sync::Arc<std::sync::Mutex<Vec<ScrapeHook>>>,
 }
+
+type ScrapeHook = Box<dyn Fn() + Send + Sync>;
 
 impl std::fmt::Debug for MetricsHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,9 +124,27 @@ impl std::fmt::Debug for MetricsHandle {
 }
 
 impl MetricsHandle {
+    /// Runs `hook` before every scrape: for gauges read from something else (a pool's size)
+    /// rather than recorded as things happen.
+    ///
+    /// ```
+    /// let handle = chassis::metrics::install(&Default::default(), &Default::default()).unwrap();
+    /// handle.on_scrape(|| metrics::gauge!("queue_length").set(3.0));
+    /// assert!(handle.render().contains("queue_length 3"));
+    /// ```
+    pub fn on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(hook));
+    }
+
     /// The text exposition format (version 0.0.4): what the service recorded, the process
     /// (`process_*`, with `metrics.process`) and the tokio runtime it runs on (`tokio_*`).
     pub fn render(&self) -> String {
+        for hook in self.hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            hook();
+        }
         // Rendering folds in the histogram samples recorded since the last upkeep.
         let mut text = self.prometheus.render();
         if self.process {
@@ -163,6 +184,7 @@ pub fn install(config: &MetricsConfig, service: &ServiceConfig) -> Result<Metric
             let handle = MetricsHandle {
                 prometheus,
                 process: config.process,
+                hooks: Default::default(),
             };
             INSTALLED.get_or_init(|| handle).clone()
         }

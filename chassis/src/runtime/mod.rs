@@ -349,6 +349,11 @@ where
         }
     };
     let _ = dead_letters.set(dependencies.transport.clone());
+    #[cfg(feature = "postgres")]
+    if let (Some(handle), Some(pool)) = (&metrics, &dependencies.postgres) {
+        let (pool, name) = (pool.clone(), chassis.service.name.clone());
+        handle.on_scrape(move || crate::storage::postgres::record_pool(&pool, &name));
+    }
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -535,6 +540,8 @@ fn describe_metrics() {
     crate::saga::describe_metrics();
     crate::outbox::describe_metrics();
     crate::telemetry::describe_metrics();
+    #[cfg(feature = "postgres")]
+    crate::storage::postgres::describe_metrics();
     #[cfg(feature = "postgres")]
     metrics::describe_counter!(
         RETENTION_DELETED_TOTAL,

@@ -12,6 +12,6 @@ mod transaction;
 
 pub use config::{PostgresConfig, RedisConfig};
 #[cfg(feature = "postgres")]
-pub use postgres::migrate;
+pub use postgres::{POOL_CONNECTIONS, POOL_MAX_CONNECTIONS, migrate};
 #[cfg(feature = "postgres")]
 pub use transaction::{NoTransaction, Transaction, TransactionEnded, TransactionGuard};

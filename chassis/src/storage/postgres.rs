@@ -107,3 +107,29 @@ pub(crate) async fn delete_in_batches(
         }
     }
 }
+
+/// Connections of the service's PostgreSQL pools, by pool and state (`idle`, `in_use`).
+pub const POOL_CONNECTIONS: &str = "chassis_postgres_pool_connections";
+/// The largest size of each pool.
+pub const POOL_MAX_CONNECTIONS: &str = "chassis_postgres_pool_max_connections";
+
+/// Sets the pool gauges of `pool` (named `name`): run before each scrape.
+pub(crate) fn record_pool(pool: &PgPool, name: &str) {
+    let size = pool.size() as f64;
+    let idle = pool.num_idle() as f64;
+    metrics::gauge!(POOL_CONNECTIONS, "pool" => name.to_owned(), "state" => "idle").set(idle);
+    metrics::gauge!(POOL_CONNECTIONS, "pool" => name.to_owned(), "state" => "in_use").set((size - idle).max(0.0));
+    metrics::gauge!(POOL_MAX_CONNECTIONS, "pool" => name.to_owned())
+        .set(f64::from(pool.options().get_max_connections()));
+}
+
+pub(crate) fn describe_metrics() {
+    metrics::describe_gauge!(
+        POOL_CONNECTIONS,
+        "Connections of the service's PostgreSQL pool, by pool and state (idle, in_use)."
+    );
+    metrics::describe_gauge!(
+        POOL_MAX_CONNECTIONS,
+        "The largest size of the service's PostgreSQL pool (postgres.max_connections)."
+    );
+}
