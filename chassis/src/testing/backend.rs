@@ -57,6 +57,20 @@ pub async fn backend<T, E: Display>(name: &str, connect: impl Future<Output = Re
     }
 }
 
+/// A loopback port nobody listens on right now, for a process a test starts with its ports in
+/// its environment (another process may take it meanwhile: use port 0 where the code under
+/// test can report the port it got).
+///
+/// ```
+/// assert_ne!(chassis::testing::free_port(), 0);
+/// ```
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
 /// The `host:port` a backend URL names, `default_port` when it names none: what to connect to
 /// or put a [`FaultProxy`](super::FaultProxy) in front of.
 ///

@@ -29,7 +29,9 @@ use std::future::Future;
 use axum::Router;
 use serde::de::DeserializeOwned;
 
-pub use backend::{backend, backend_url, backends_required, eventually, eventually_within, host_port, reachable};
+pub use backend::{
+    backend, backend_url, backends_required, eventually, eventually_within, free_port, host_port, reachable,
+};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use pki::{IssuedCertificate, TestPki};
 #[cfg(feature = "postgres")]

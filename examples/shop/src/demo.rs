@@ -42,6 +42,11 @@ impl Demo<'_> {
             .await?)
     }
 
+    /// `GET path` with `token` as the bearer token.
+    async fn get_as(&self, path: &str, token: &str) -> Result<reqwest::Response, Failure> {
+        Ok(self.http.get(self.url(path)).bearer_auth(token).send().await?)
+    }
+
     async fn post(&self, path: &str, key: &str, body: Value) -> Result<reqwest::Response, Failure> {
         let request = self.http.post(self.url(path)).header("x-api-key", "demo-key");
         Ok(request.header("idempotency-key", key).json(&body).send().await?)
@@ -119,19 +124,9 @@ pub async fn run(system: &shop::System, logs: bool) -> Result<(), Failure> {
     demo.step("API gateway", "every request is authenticated at the front door");
     let anonymous = demo.http.get(demo.url("/orders/1")).send().await?;
     demo.say(format!("no credentials      -> {}", detail(anonymous).await?));
-    let expired = demo
-        .http
-        .get(demo.url("/orders/1"))
-        .bearer_auth("not.a.jwt")
-        .send()
-        .await?;
+    let expired = demo.get_as("/orders/1", "not.a.jwt").await?;
     demo.say(format!("a broken JWT        -> {}", detail(expired).await?));
-    let alice = demo
-        .http
-        .get(demo.url("/orders/1"))
-        .bearer_auth(token("alice"))
-        .send()
-        .await?;
+    let alice = demo.get_as("/orders/1", &token("alice")).await?;
     demo.say(format!(
         "alice's JWT         -> {} (authenticated; alice has no order 1)",
         alice.status().as_u16()
@@ -144,15 +139,10 @@ pub async fn run(system: &shop::System, logs: bool) -> Result<(), Failure> {
     let greedy = token("greedy");
     let mut limited = 0;
     for _ in 0..80 {
-        let answer = demo.http.get(demo.url("/orders/1")).bearer_auth(&greedy).send().await?;
+        let answer = demo.get_as("/orders/1", &greedy).await?;
         limited += usize::from(answer.status() == 429);
     }
-    let other = demo
-        .http
-        .get(demo.url("/orders/1"))
-        .bearer_auth(token("alice"))
-        .send()
-        .await?;
+    let other = demo.get_as("/orders/1", &token("alice")).await?;
     demo.say(format!(
         "greedy: {limited} of 80 requests answered 429; alice meanwhile: {}",
         other.status().as_u16()

@@ -263,15 +263,6 @@ async fn an_unreachable_app_is_a_bad_gateway() {
     proxy.stop().await;
 }
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn trusting(pki: &TestPki, base_url: String) -> chassis::client::Client {
     let mut config = chassis::client::ClientConfig::new(base_url);
     config.tls = chassis::tls::ClientTlsConfig::default().ca_file(pki.ca_file());
@@ -345,7 +336,7 @@ async fn the_app_calls_https_upstreams_in_plain_http_through_the_egress_port() {
     let pki = TestPki::new("upstream CA");
     let upstream = https_upstream(&pki).await;
     let (app, _) = app().await;
-    let egress = free_port();
+    let egress = chassis::testing::free_port();
     let proxy = sidecar_with(
         app,
         1000,
