@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -64,6 +64,77 @@ pub(crate) struct Phases {
     pub(crate) abandon: CancellationToken,
 }
 
+/// The phase of a listener as its connections watch it: read with one atomic load and woken
+/// through a waker per connection. (Polling the phases' cancellation tokens instead would take
+/// a mutex shared by every connection on every wake of every connection.)
+#[derive(Debug, Default)]
+pub(crate) struct PhaseWatch {
+    /// 0 serving, 1 draining, 2 stopped, 3 abandoned.
+    phase: AtomicU8,
+    watchers: std::sync::Mutex<Vec<std::sync::Weak<AtomicWaker>>>,
+}
+
+const DRAINING: u8 = 1;
+const STOPPED: u8 = 2;
+const ABANDONED: u8 = 3;
+
+impl PhaseWatch {
+    fn phase(&self) -> u8 {
+        self.phase.load(Ordering::Acquire)
+    }
+
+    /// A waker slot for one connection, woken at every change of phase.
+    fn watch(&self) -> Arc<AtomicWaker> {
+        let waker = Arc::new(AtomicWaker::new());
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        watchers.retain(|w| w.strong_count() > 0);
+        watchers.push(Arc::downgrade(&waker));
+        waker
+    }
+
+    fn advance(&self, phase: u8) {
+        self.phase.fetch_max(phase, Ordering::AcqRel);
+        for waker in self.watchers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if let Some(waker) = waker.upgrade() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl Phases {
+    /// A watch of these phases, kept up to date by a task of its own for as long as a
+    /// connection or the listener holds it.
+    pub(crate) fn watch(&self) -> Arc<PhaseWatch> {
+        let watch = Arc::new(PhaseWatch::default());
+        let (phases, relayed) = (self.clone(), Arc::downgrade(&watch));
+        tokio::spawn(async move {
+            for (token, phase) in [
+                (&phases.draining, DRAINING),
+                (&phases.stop, STOPPED),
+                (&phases.abandon, ABANDONED),
+            ] {
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        // Nobody watches any more: the listener and its connections are gone.
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {
+                            if relayed.strong_count() == 0 {
+                                return;
+                            }
+                        }
+                    }
+                }
+                match relayed.upgrade() {
+                    Some(watch) => watch.advance(phase),
+                    None => return,
+                }
+            }
+        });
+        watch
+    }
+}
+
 /// Why a connection ended (the `reason` label of `chassis_http_server_connections_closed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Closed {
@@ -107,9 +178,6 @@ pub(crate) struct Activity {
     head_started: AtomicU64,
     /// The connection speaks HTTP/2 (known from its first request).
     http2: AtomicBool,
-    /// Set when the last request in progress ended; wakes the watchdog, whose deadline moves.
-    went_idle: AtomicBool,
-    watchdog: AtomicWaker,
 }
 
 impl Activity {
@@ -121,8 +189,6 @@ impl Activity {
             idle_since: AtomicU64::new(NONE),
             head_started: AtomicU64::new(NONE),
             http2: AtomicBool::new(false),
-            went_idle: AtomicBool::new(false),
-            watchdog: AtomicWaker::new(),
         }
     }
 
@@ -148,17 +214,6 @@ impl Activity {
     fn request_ended(&self, at: Instant) {
         if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.idle_since.store(self.offset(at), Ordering::Relaxed);
-            self.went_idle.store(true, Ordering::Release);
-            self.watchdog.wake();
-        }
-    }
-
-    /// Resolves when the last request in progress ended since the previous call.
-    fn poll_went_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.watchdog.register(cx.waker());
-        match self.went_idle.swap(false, Ordering::Acquire) {
-            true => Poll::Ready(()),
-            false => Poll::Pending,
         }
     }
 
@@ -195,10 +250,12 @@ impl Activity {
         }
     }
 
-    /// When the watchdog looks again: at the deadline, or sooner to notice a request head that
-    /// began meanwhile (within one `header_read_timeout`) and the connection's maximum age.
+    /// When the watchdog looks again: at the deadline, or sooner to notice what changed
+    /// meanwhile without being told (a request that ended, a request head that began: within
+    /// the shorter of the header-read and keep-alive timeouts), and at the maximum age. Nothing
+    /// wakes the watchdog per request, which keeps requests free of its cost.
     pub(crate) fn next_check(&self, limits: &Limits, keep_alive: Duration, now: Instant) -> Instant {
-        let mut next = now + limits.header_read_timeout;
+        let mut next = now + limits.header_read_timeout.min(keep_alive);
         if let Some((deadline, _)) = self.deadline(limits, keep_alive) {
             next = next.min(deadline);
         }
@@ -228,7 +285,7 @@ const DRAINING_KEEP_ALIVE: Duration = Duration::from_secs(1);
 const LINGER_AT_STOP: Duration = Duration::from_millis(250);
 
 /// Serves one connection until it ends, and says why it ended.
-pub(crate) async fn serve<I, S>(io: I, service: S, limits: Arc<Limits>, phases: Phases, tls: bool) -> Closed
+pub(crate) async fn serve<I, S>(io: I, service: S, limits: Arc<Limits>, phases: Arc<PhaseWatch>, tls: bool) -> Closed
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -246,10 +303,11 @@ where
     builder.http2().timer(TokioTimer::new());
     let service = Tracked {
         inner: service,
-        scheme: crate::http::UrlScheme(if tls { "https" } else { "http" }),
+        // Plain HTTP is what a request without the extension means: its map stays empty.
+        scheme: tls.then_some(crate::http::UrlScheme("https")),
         activity: activity.clone(),
         limits: limits.clone(),
-        draining: phases.draining.clone(),
+        phases: phases.clone(),
     };
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
@@ -257,9 +315,17 @@ where
     tokio::pin!(check);
     let mut wound_down = false;
     let mut stopped_at: Option<Instant> = None;
+    let woken = phases.watch();
     loop {
         let now = Instant::now();
-        let draining = phases.draining.is_cancelled();
+        let phase = phases.phase();
+        if phase >= ABANDONED {
+            return Closed::Shutdown;
+        }
+        if phase >= STOPPED && stopped_at.is_none() {
+            stopped_at = Some(now);
+        }
+        let draining = phase >= DRAINING;
         let keep_alive = match draining {
             true => limits.keep_alive_timeout.min(DRAINING_KEEP_ALIVE),
             false => limits.keep_alive_timeout,
@@ -301,10 +367,13 @@ where
                     }
                 };
             }
-            () = phases.abandon.cancelled() => return Closed::Shutdown,
-            () = phases.stop.cancelled(), if stopped_at.is_none() => stopped_at = Some(Instant::now()),
-            () = phases.draining.cancelled(), if !draining => {}
-            () = std::future::poll_fn(|cx| activity.poll_went_idle(cx)) => {}
+            () = std::future::poll_fn(|cx| {
+                woken.register(cx.waker());
+                match phases.phase() == phase {
+                    true => Poll::Pending,
+                    false => Poll::Ready(()),
+                }
+            }) => {}
             () = &mut check => {}
         }
     }
@@ -362,10 +431,10 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
-    scheme: crate::http::UrlScheme,
+    scheme: Option<crate::http::UrlScheme>,
     activity: Arc<Activity>,
     limits: Arc<Limits>,
-    draining: CancellationToken,
+    phases: Arc<PhaseWatch>,
 }
 
 impl<S> hyper::service::Service<Request<Incoming>> for Tracked<S>
@@ -378,13 +447,15 @@ where
     type Future = TrackedFuture<tower::util::Oneshot<S, Request<Body>>>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(self.scheme);
+        if let Some(scheme) = self.scheme {
+            request.extensions_mut().insert(scheme);
+        }
         let served = self.activity.request_started(request.version());
         let guard = RequestGuard(self.activity.clone());
         let close = request.version() <= Version::HTTP_11
-            && (self.draining.is_cancelled()
+            && (self.phases.phase() >= DRAINING
                 || (self.limits.max_requests > 0 && served >= self.limits.max_requests)
-                || self.activity.too_old(&self.limits, Instant::now()));
+                || (self.limits.max_age.is_some() && self.activity.too_old(&self.limits, Instant::now())));
         TrackedFuture {
             inner: self.inner.clone().oneshot(request.map(Body::new)),
             guard: Some(guard),

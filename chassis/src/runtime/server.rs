@@ -96,6 +96,7 @@ where
         max_connections,
         limits,
         open: Arc::new(AtomicUsize::new(0)),
+        watch: phases.watch(),
         phases,
         connections,
     };
@@ -141,6 +142,7 @@ struct Accepted {
     limits: Arc<Limits>,
     open: Arc<AtomicUsize>,
     phases: Phases,
+    watch: Arc<connection::PhaseWatch>,
     connections: TaskTracker,
 }
 
@@ -165,7 +167,7 @@ impl Accepted {
         let count = OpenConnection::new(self.open.clone(), name);
         let service = make(peer);
         let limits = self.limits.clone();
-        let phases = self.phases.clone();
+        let phases = self.watch.clone();
         let tls = self.tls.as_ref().map(|tls| tls.acceptor());
         self.connections.spawn(async move {
             let closed = match tls {
