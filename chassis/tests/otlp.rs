@@ -114,6 +114,13 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
     let outbound =
         chassis::client::Client::new("self", config, &chassis::resilience::CircuitBreakerRegistry::new()).unwrap();
     assert_eq!(outbound.get("/users/7").await.unwrap().status(), 200);
+    // A retried call: one CLIENT span per attempt.
+    let mut config = chassis::client::ClientConfig::new(format!("http://{}", service.http_addr()));
+    config.retry.max_retries = 1;
+    config.retry.base_delay = std::time::Duration::from_millis(1);
+    let retrying =
+        chassis::client::Client::new("retrying", config, &chassis::resilience::CircuitBreakerRegistry::new()).unwrap();
+    assert_eq!(retrying.get("/fail").await.unwrap().status(), 502);
     let dead_lettered = format!("http://{}/dead-letters/doomed", service.admin_addr());
     chassis::testing::eventually("the message to be dead-lettered", async || {
         let letters: Vec<serde_json::Value> = client.get(&dead_lettered).send().await.ok()?.json().await.ok()?;
@@ -123,6 +130,17 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
     // Stopping flushes the batch.
     service.stop().await;
 
+    let resent = receiver
+        .wait_for(|s| s.kind == CLIENT && s.attributes.get("http.request.resend_count").is_some())
+        .await;
+    assert_eq!(resent.attributes["http.request.resend_count"], "1");
+    assert_eq!(resent.attribute_types["http.request.resend_count"], "int");
+    let attempts = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.kind == CLIENT && s.attributes.get("client").is_some_and(|c| c == "retrying"))
+        .count();
+    assert_eq!(attempts, 2, "one span per attempt");
     let abandoned = receiver.wait_for(|s| s.name == "GET /slow").await;
     assert_eq!(abandoned.attributes["error.type"], "client_closed");
     assert_eq!(abandoned.attributes["http.route"], "/slow");

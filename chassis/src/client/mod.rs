@@ -2,9 +2,10 @@
 //!
 //! Every request passes, outermost first (the outbound layer order of the architecture guide):
 //!
-//! trace (a client span; W3C `traceparent` injected) > metrics
-//! (`http_client_request_duration_seconds`) > total timeout > retry (backoff, budget,
-//! `Retry-After`) > circuit breaker (one per downstream) > attempt timeout > connection pool.
+//! total timeout > retry (backoff, budget, `Retry-After`) > trace and metrics per attempt (a
+//! client span with `http.request.resend_count`, W3C `traceparent` injected,
+//! `http_client_request_duration_seconds`) > circuit breaker (one per downstream) > attempt
+//! timeout > connection pool.
 //!
 //! Clients are configured under `[clients.<name>]` and created from the service's context:
 //!
@@ -282,10 +283,12 @@ impl Client {
         });
 
         let breaker = breakers.get_or_create(&name, &config.circuit_breaker)?;
+        // One CLIENT span and one duration sample per attempt: the observer sits below the
+        // retries, which tell it how many sends came before (`http.request.resend_count`).
         let stack = ServiceBuilder::new()
-            .layer(ObserveLayer::new(name.clone()))
             .layer(TimeoutLayer::new(config.timeout))
             .layer(RetryLayer::new(name.clone(), config.retry.clone())?)
+            .layer(ObserveLayer::new(name.clone()))
             .layer(CircuitBreakerLayer::new(breaker.clone()))
             .layer(TimeoutLayer::new(config.attempt_timeout))
             .service(connection);

@@ -1,5 +1,5 @@
-//! The client's outermost layer: one client span per request (its context injected as W3C
-//! headers) and the request duration histogram. [`ObserveLayer`], its service [`Observe`] and
+//! The client's observer, below its retries: one client span per attempt (its context
+//! injected as W3C headers) and the duration histogram per attempt. [`ObserveLayer`], its service [`Observe`] and
 //! [`ResponseFuture`].
 
 use std::future::Future;
@@ -93,6 +93,11 @@ where
             error.type = Empty,
         );
         if !span.is_disabled() {
+            if let Some(crate::resilience::ResendCount(resent)) = request.extensions().get().copied()
+                && resent > 0
+            {
+                span.set_attribute("http.request.resend_count", i64::from(resent));
+            }
             // Integers through the OpenTelemetry API: as `tracing` fields they would arrive as
             // strings, and `http.response.status_code >= 500` would miss them.
             let default_port = if request.uri().scheme_str() == Some("https") {
@@ -117,6 +122,7 @@ where
             host,
             client: self.client.clone(),
             started: Instant::now(),
+            recorded: false,
         }
     }
 }
@@ -131,7 +137,40 @@ pin_project! {
         host: String,
         client: Arc<str>,
         started: Instant,
+        recorded: bool,
     }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        // An attempt cut short from above (the total timeout, the caller gone) still counts.
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.recorded {
+                return;
+            }
+            this.span.record("otel.status_code", "error");
+            this.span.record("error.type", "cancelled");
+            record(this.client, this.method, std::mem::take(this.host), "", "cancelled", *this.started);
+        }
+    }
+}
+
+fn record(
+    client: &str,
+    method: &'static str,
+    host: String,
+    status: &'static str,
+    error: &'static str,
+    started: Instant,
+) {
+    metrics::histogram!(
+        HTTP_CLIENT_REQUEST_DURATION,
+        "client" => client.to_owned(),
+        "http_request_method" => method,
+        "server_address" => host,
+        "http_response_status_code" => status,
+        "error_type" => error,
+    )
+    .record(started.elapsed().as_secs_f64());
 }
 
 fn error_type(error: &BoxError) -> &'static str {
@@ -174,15 +213,15 @@ where
                 this.span.record("error.type", error);
             }
         }
-        metrics::histogram!(
-            HTTP_CLIENT_REQUEST_DURATION,
-            "client" => this.client.to_string(),
-            "http_request_method" => *this.method,
-            "server_address" => std::mem::take(this.host),
-            "http_response_status_code" => status,
-            "error_type" => error,
-        )
-        .record(this.started.elapsed().as_secs_f64());
+        *this.recorded = true;
+        record(
+            this.client,
+            this.method,
+            std::mem::take(this.host),
+            status,
+            error,
+            *this.started,
+        );
         Poll::Ready(result)
     }
 }

@@ -29,7 +29,7 @@ pub use circuit_breaker::{
     Breaker, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitBreakerRegistry, CircuitOpen,
 };
 pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitKey, RateLimitLayer};
-pub use retry::{Retry, RetryConfig, RetryLayer};
+pub use retry::{ResendCount, Retry, RetryConfig, RetryLayer};
 pub use timeout::{Elapsed, Timeout, TimeoutLayer};
 
 /// HELP and units for the metrics of this module.

@@ -41,6 +41,12 @@ use super::CircuitOpen;
 use crate::BoxError;
 use crate::config::{ByteSize, ConfigError, Problems, Validate};
 
+/// How many times a request was sent before this attempt (0 for the first), in the
+/// extensions of every attempt the retry layer sends: what a layer below it records as
+/// `http.request.resend_count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResendCount(pub u32);
+
 /// Name of the attempt counter.
 pub const ATTEMPTS_TOTAL: &str = "chassis_retry_attempts_total";
 
@@ -341,6 +347,7 @@ where
         *attempt.uri_mut() = parts.uri.clone();
         *attempt.version_mut() = parts.version;
         *attempt.headers_mut() = parts.headers.clone();
+        attempt.extensions_mut().insert(ResendCount(retry));
         let result = inner
             .ready()
             .await
