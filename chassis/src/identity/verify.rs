@@ -1,4 +1,4 @@
-//! [`VerifyIdentityLayer`]: turns a valid identity header into the request's [`Identity`]
+//! [`VerifyIdentityLayer`]: turns a valid identity header into the request's [`Identity`](super::Identity)
 //! extension and answers `401` to an invalid one.
 
 use std::sync::Arc;
