@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
+use opentelemetry::context::FutureExt as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tower::{Layer, Service, ServiceExt as _};
@@ -362,9 +363,12 @@ impl Drop for ClaimGuard {
             std::mem::take(&mut self.token),
         );
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = store.release(&key, &token).await;
-            });
+            handle.spawn(
+                async move {
+                    let _ = store.release(&key, &token).await;
+                }
+                .with_current_context(),
+            );
         }
     }
 }
@@ -527,7 +531,8 @@ where
 
 /// Claims `store_key` in a task of its own, so a request cancelled while the store is
 /// answering cannot leave a claim nobody releases: the claim comes back to the task, whose
-/// guard releases it.
+/// guard releases it. The task runs in the request's trace context, so the store's spans are
+/// children of the request's.
 async fn claim(
     shared: &Shared,
     store_key: String,
@@ -536,19 +541,22 @@ async fn claim(
 ) -> ControlFlow<Response, ClaimGuard> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (store, lease) = (shared.store.clone(), shared.config.lease);
-    tokio::spawn(async move {
-        let claimed = match store.begin(&store_key, &fingerprint, lease).await {
-            Ok(Begin::Claimed { token }) => Ok(ClaimGuard {
-                store,
-                key: store_key,
-                token,
-                armed: true,
-            }),
-            other => Err(other),
-        };
-        // Sent back to a request that is gone, the guard is dropped here and releases the key.
-        let _ = sender.send(claimed);
-    });
+    tokio::spawn(
+        async move {
+            let claimed = match store.begin(&store_key, &fingerprint, lease).await {
+                Ok(Begin::Claimed { token }) => Ok(ClaimGuard {
+                    store,
+                    key: store_key,
+                    token,
+                    armed: true,
+                }),
+                other => Err(other),
+            };
+            // Sent back to a request that is gone, the guard is dropped here and releases the key.
+            let _ = sender.send(claimed);
+        }
+        .with_current_context(),
+    );
     match receiver.await {
         Ok(Ok(guard)) => ControlFlow::Continue(guard),
         Ok(Err(begun)) => ControlFlow::Break(

@@ -4,6 +4,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row};
 
 use super::store::{Begin, IdempotencyStore, StoreError, StoredResponse, new_token};
+use crate::storage::span::Database;
 use futures_util::future::BoxFuture;
 
 /// The SQL that creates the store's tables (`chassis_idempotency`,
@@ -29,7 +30,11 @@ pub const MIGRATION: &str = include_str!("../../migrations/0001_chassis_idempote
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    database: Database,
 }
+
+/// The store's table, as its spans name it.
+const TABLE: Option<&str> = Some("chassis_idempotency");
 
 fn error(e: impl std::fmt::Display) -> StoreError {
     StoreError::new("postgres", e)
@@ -64,12 +69,15 @@ impl PostgresStore {
     /// Connects a small pool to `url`.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = crate::storage::postgres::connect_pool(url).await.map_err(error)?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// Uses an existing pool (the service's own).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            database: Database::postgres(&pool),
+            pool,
+        }
     }
 
     /// The pool.
@@ -118,15 +126,15 @@ impl PostgresStore {
         lease: Duration,
     ) -> Result<Begin, StoreError> {
         let token = new_token();
-        let claimed = crate::storage::postgres::with_lock_timeout(&mut *connection, wait, async |connection| {
+        let claim = crate::storage::postgres::with_lock_timeout(&mut *connection, wait, async |connection| {
             claim_query(key, fingerprint, &token, lease)
                 .fetch_optional(connection)
                 .await
-        })
-        .await;
+        });
+        let claimed = self.database.call("INSERT", TABLE, claim).await;
         match claimed {
             Ok(Some(_)) => Ok(Begin::Claimed { token }),
-            Ok(None) => existing(connection, key, fingerprint).await,
+            Ok(None) => existing(&self.database, connection, key, fingerprint).await,
             Err(error) if crate::storage::postgres::is_lock_timeout(&error) => Ok(Begin::InFlight { lease_left: wait }),
             Err(other) => Err(error(other)),
         }
@@ -143,8 +151,10 @@ impl PostgresStore {
         response: &StoredResponse,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let updated = complete_query(key, token, response, ttl)
-            .execute(connection)
+        let update = complete_query(key, token, response, ttl).execute(connection);
+        let updated = self
+            .database
+            .call("UPDATE", TABLE, update)
             .await
             .map_err(error)?
             .rows_affected();
@@ -160,15 +170,17 @@ impl PostgresStore {
         consumer: &str,
         message_id: &str,
     ) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO chassis_processed_messages (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(consumer)
         .bind(message_id)
-        .execute(connection)
-        .await
-        .map_err(error)?
-        .rows_affected();
+        .execute(connection);
+        let inserted = Database::postgres_unknown()
+            .call("INSERT", Some("chassis_processed_messages"), insert)
+            .await
+            .map_err(error)?
+            .rows_affected();
         Ok(inserted == 1)
     }
 }
@@ -197,16 +209,20 @@ fn claim_query<'q>(
 
 /// What holds `key` when a claim did not win it: a completed record, a claim in flight, or a
 /// request with another fingerprint.
-async fn existing<'e>(executor: impl sqlx::PgExecutor<'e>, key: &str, fingerprint: &str) -> Result<Begin, StoreError> {
-    let row = sqlx::query(
+async fn existing<'e>(
+    database: &Database,
+    executor: impl sqlx::PgExecutor<'e>,
+    key: &str,
+    fingerprint: &str,
+) -> Result<Begin, StoreError> {
+    let select = sqlx::query(
         "SELECT fingerprint, state, status, headers, body,
                 GREATEST(0, (EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::BIGINT) AS left_ms
          FROM chassis_idempotency WHERE key = $1",
     )
     .bind(key)
-    .fetch_optional(executor)
-    .await
-    .map_err(error)?;
+    .fetch_optional(executor);
+    let row = database.call("SELECT", TABLE, select).await.map_err(error)?;
     let Some(row) = row else {
         // Released between the two statements: report it busy for a moment; the client's
         // retry claims it.
@@ -244,14 +260,12 @@ impl IdempotencyStore for PostgresStore {
     ) -> BoxFuture<'a, Result<Begin, StoreError>> {
         Box::pin(async move {
             let token = new_token();
-            let claimed = claim_query(key, fingerprint, &token, lease)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(error)?;
+            let claim = claim_query(key, fingerprint, &token, lease).fetch_optional(&self.pool);
+            let claimed = self.database.call("INSERT", TABLE, claim).await.map_err(error)?;
             if claimed.is_some() {
                 return Ok(Begin::Claimed { token });
             }
-            existing(&self.pool, key, fingerprint).await
+            existing(&self.database, &self.pool, key, fingerprint).await
         })
     }
 
@@ -263,22 +277,20 @@ impl IdempotencyStore for PostgresStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            complete_query(key, token, response, ttl)
-                .execute(&self.pool)
-                .await
-                .map_err(error)?;
+            let update = complete_query(key, token, response, ttl).execute(&self.pool);
+            self.database.call("UPDATE", TABLE, update).await.map_err(error)?;
             Ok(())
         })
     }
 
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            sqlx::query("DELETE FROM chassis_idempotency WHERE key = $1 AND token = $2 AND state = 'in_flight'")
-                .bind(key)
-                .bind(token)
-                .execute(&self.pool)
-                .await
-                .map_err(error)?;
+            let delete =
+                sqlx::query("DELETE FROM chassis_idempotency WHERE key = $1 AND token = $2 AND state = 'in_flight'")
+                    .bind(key)
+                    .bind(token)
+                    .execute(&self.pool);
+            self.database.call("DELETE", TABLE, delete).await.map_err(error)?;
             Ok(())
         })
     }

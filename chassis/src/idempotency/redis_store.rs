@@ -4,6 +4,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use super::store::{Begin, IdempotencyStore, StoreError, StoredResponse, new_token};
+use crate::storage::span::Database;
 use futures_util::future::BoxFuture;
 
 // One hash per key: state (in_flight | done), fp, token, status, headers, body. The key's own
@@ -51,6 +52,7 @@ return 0
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
+    database: Database,
     prefix: String,
     begin: Script,
     complete: Script,
@@ -79,17 +81,23 @@ impl RedisStore {
     /// Connects to `url`; keys are stored as `{namespace}:idempotency:{key}`.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| error(format!("invalid URL {url:?}: {e}")))?;
+        let database = Database::redis(Some(client.get_connection_info()));
         let connection = ConnectionManager::new(client)
             .await
             .map_err(|e| error(format!("cannot connect to {url}: {e}")))?;
-        Ok(Self::from_connection(connection, namespace))
+        Ok(Self {
+            database,
+            ..Self::from_connection(connection, namespace)
+        })
     }
 
     /// Uses an existing connection (the service's own, `Context::redis`); keys are stored as
-    /// `{namespace}:idempotency:{key}`.
+    /// `{namespace}:idempotency:{key}`. Its spans carry no `server.address`: the connection
+    /// does not tell it.
     pub fn from_connection(connection: ConnectionManager, namespace: &str) -> Self {
         Self {
             connection,
+            database: Database::redis(None),
             prefix: format!("{namespace}:idempotency:"),
             begin: Script::new(BEGIN),
             complete: Script::new(COMPLETE),
@@ -101,6 +109,10 @@ impl RedisStore {
         format!("{}{key}", self.prefix)
     }
 }
+
+/// The command the store's calls are: its scripts run by digest (loaded first when Redis does
+/// not know them yet).
+const SCRIPT: &str = "EVALSHA";
 
 fn millis(duration: Duration) -> u64 {
     (duration.as_millis() as u64).max(1)
@@ -116,13 +128,11 @@ impl IdempotencyStore for RedisStore {
         Box::pin(async move {
             let token = new_token();
             let mut connection = self.connection.clone();
+            let mut script = self.begin.key(self.key(key));
+            script.arg(fingerprint).arg(&token).arg(millis(lease));
             let reply: Vec<Vec<u8>> = self
-                .begin
-                .key(self.key(key))
-                .arg(fingerprint)
-                .arg(&token)
-                .arg(millis(lease))
-                .invoke_async(&mut connection)
+                .database
+                .call(SCRIPT, None, script.invoke_async(&mut connection))
                 .await
                 .map_err(error)?;
             let text = |i: usize| {
@@ -156,15 +166,16 @@ impl IdempotencyStore for RedisStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
-            let _: i64 = self
-                .complete
-                .key(self.key(key))
+            let mut script = self.complete.key(self.key(key));
+            script
                 .arg(token)
                 .arg(response.status)
                 .arg(response.encode_headers())
                 .arg(response.body.as_slice())
-                .arg(millis(ttl))
-                .invoke_async(&mut connection)
+                .arg(millis(ttl));
+            let _: i64 = self
+                .database
+                .call(SCRIPT, None, script.invoke_async(&mut connection))
                 .await
                 .map_err(error)?;
             Ok(())
@@ -174,11 +185,11 @@ impl IdempotencyStore for RedisStore {
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
+            let mut script = self.release.key(self.key(key));
+            script.arg(token);
             let _: i64 = self
-                .release
-                .key(self.key(key))
-                .arg(token)
-                .invoke_async(&mut connection)
+                .database
+                .call(SCRIPT, None, script.invoke_async(&mut connection))
                 .await
                 .map_err(error)?;
             Ok(())

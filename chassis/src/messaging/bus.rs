@@ -92,33 +92,16 @@ impl Bus {
     }
 
     async fn emit<M: Message>(&self, kind: Kind, message: &M, options: Publish) -> Result<Envelope, MessagingError> {
-        let destination = self.transport.destination(kind, M::TYPE);
-        let operation = match kind {
-            Kind::Event => "publish",
-            Kind::Command => "send",
-        };
-        let span = tracing::info_span!(
-            target: "chassis::messaging",
-            "publish",
-            otel.kind = "producer",
-            otel.name = %format!("{operation} {destination}"),
-            messaging.system = self.transport.name(),
-            messaging.operation.type = "send",
-            messaging.operation.name = operation,
-            messaging.destination.name = %destination,
-            message.type = M::TYPE,
-            otel.status_code = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
+        let span = publish_span(&*self.transport, kind, M::TYPE);
         let (envelope, raw) = encode(&self.source, message, options, &span.context())?;
+        span.record("messaging.message.id", envelope.id.as_str());
         if let Err(error) = self
             .transport
             .publish(kind, M::TYPE, raw)
             .instrument(span.clone())
             .await
         {
-            span.record("otel.status_code", "error");
-            span.record("error.type", "publish_failed");
+            publish_failed(&span);
             return Err(error);
         }
         metrics::counter!(PUBLISHED_TOTAL, "type" => M::TYPE, "kind" => kind.as_str()).increment(1);
@@ -188,4 +171,34 @@ impl Bus {
         }
         Ok(tasks)
     }
+}
+
+/// The PRODUCER span of one message published or sent over `transport`, by the bus or by the
+/// outbox relay.
+pub(crate) fn publish_span(transport: &dyn Transport, kind: Kind, message_type: &str) -> tracing::Span {
+    let destination = transport.destination(kind, message_type);
+    let operation = match kind {
+        Kind::Event => "publish",
+        Kind::Command => "send",
+    };
+    tracing::info_span!(
+        target: "chassis::messaging",
+        "publish",
+        otel.kind = "producer",
+        otel.name = %format!("{operation} {destination}"),
+        messaging.system = transport.name(),
+        messaging.operation.type = "send",
+        messaging.operation.name = operation,
+        messaging.destination.name = %destination,
+        messaging.message.id = tracing::field::Empty,
+        message.type = message_type,
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// Marks a [`publish_span`] failed: the broker refused the message or could not be reached.
+pub(crate) fn publish_failed(span: &tracing::Span) {
+    span.record("otel.status_code", "error");
+    span.record("error.type", "publish_failed");
 }

@@ -9,6 +9,7 @@ use sqlx::postgres::PgPool;
 
 use super::{Incoming, Message, MessageHandler};
 use crate::storage::Transaction;
+use crate::storage::span::Database;
 
 /// Name of the inbox counter (`outcome`: `processed`, `duplicate`, `failed`).
 ///
@@ -51,13 +52,17 @@ pub const INBOX_TOTAL: &str = "chassis_inbox_messages_total";
 #[derive(Debug, Clone)]
 pub struct Inbox {
     pool: PgPool,
+    database: Database,
 }
 
 impl Inbox {
     /// An inbox in `pool`'s database (the table comes with the idempotency migration, which
     /// the runtime runs when `postgres.migrate` is on).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            database: Database::postgres(&pool),
+            pool,
+        }
     }
 
     /// A handler for `consumer` (message ids are recorded per consumer, so two consumers of one
@@ -65,6 +70,7 @@ impl Inbox {
     pub fn handler<F>(&self, consumer: &str, handler: F) -> InboxHandler<F> {
         InboxHandler {
             pool: self.pool.clone(),
+            database: self.database.clone(),
             consumer: consumer.into(),
             handler,
         }
@@ -76,6 +82,7 @@ impl Inbox {
 /// Needs the cargo feature `postgres`.
 pub struct InboxHandler<F> {
     pool: PgPool,
+    database: Database,
     consumer: Arc<str>,
     handler: F,
 }
@@ -84,6 +91,7 @@ impl<F: Clone> Clone for InboxHandler<F> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            database: self.database.clone(),
             consumer: self.consumer.clone(),
             handler: self.handler.clone(),
         }
@@ -126,7 +134,8 @@ where
     type Future = BoxFuture<'static, Result<(), InboxError>>;
 
     fn handle(&self, incoming: Incoming<M>) -> Self::Future {
-        let (pool, consumer, handler) = (self.pool.clone(), self.consumer.clone(), self.handler.clone());
+        let (pool, database) = (self.pool.clone(), self.database.clone());
+        let (consumer, handler) = (self.consumer.clone(), self.handler.clone());
         Box::pin(async move {
             let count = |outcome: &'static str| {
                 metrics::counter!(INBOX_TOTAL, "consumer" => consumer.to_string(), "outcome" => outcome).increment(1);
@@ -143,7 +152,9 @@ where
                 .execute(connection)
                 .await
             };
-            let recorded = crate::storage::postgres::with_lock_timeout(&mut tx, CONCURRENT_WAIT, record)
+            let record = crate::storage::postgres::with_lock_timeout(&mut tx, CONCURRENT_WAIT, record);
+            let recorded = database
+                .call("INSERT", Some("chassis_processed_messages"), record)
                 .await?
                 .rows_affected();
             if recorded == 0 {
@@ -157,7 +168,7 @@ where
             let tx = shared.finish().await.expect("only the inbox finishes the transaction");
             match result {
                 Ok(()) => {
-                    tx.commit().await?;
+                    database.call("COMMIT", None, tx.commit()).await?;
                     count("processed");
                     Ok(())
                 }

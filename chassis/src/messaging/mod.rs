@@ -53,6 +53,8 @@ use std::sync::Arc;
 #[cfg(feature = "amqp")]
 pub use amqp::AmqpTransport;
 pub use bus::Bus;
+#[cfg(feature = "postgres")]
+pub(crate) use bus::{publish_failed, publish_span};
 pub use config::MessagingConfig;
 #[cfg(feature = "postgres")]
 pub(crate) use envelope::encode;

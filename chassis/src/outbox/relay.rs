@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{Connection as _, PgConnection, Row};
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{CHANNEL, LAG_SECONDS, OutboxConfig, PENDING, PUBLISH_FAILURES_TOTAL, PUBLISHED_TOTAL};
-use crate::messaging::{Kind, Outgoing, RawMessage, Transport};
+use crate::messaging::{Envelope, Kind, Outgoing, RawMessage, Transport};
 
 /// The `application_name` of the relay's leader session in `pg_stat_activity`, followed by a
 /// space and the relay's origin (truncated to PostgreSQL's 63 bytes).
@@ -186,12 +188,20 @@ impl Relay {
         let mut confirmed_seqs: Vec<i64> = Vec::new();
         for chunk in rows.chunks(self.config.max_in_flight as usize) {
             let outgoing: Vec<Outgoing> = chunk.iter().map(|row| row.outgoing.clone()).collect();
+            let spans: Vec<Span> = outgoing.iter().map(|outgoing| self.span(outgoing)).collect();
             let (published, marked) = tokio::join!(
                 self.transport.publish_batch(&outgoing),
                 mark_sent(&mut *session, std::mem::take(&mut confirmed_seqs)),
             );
             marked?;
             let (confirmed, failure) = published;
+            if failure.is_some() {
+                // The failed message and those after it in the chunk: none of them went out.
+                spans[confirmed.min(spans.len())..]
+                    .iter()
+                    .for_each(crate::messaging::publish_failed);
+            }
+            drop(spans);
             confirmed_seqs = chunk[..confirmed].iter().map(|row| row.seq).collect();
             if let Some(error) = failure {
                 mark_sent(&mut *session, confirmed_seqs).await?;
@@ -209,6 +219,16 @@ impl Relay {
         }
         mark_sent(session, confirmed_seqs).await?;
         Ok(None)
+    }
+
+    /// The PRODUCER span of relaying `outgoing`, in the trace of the request that added it.
+    fn span(&self, outgoing: &Outgoing) -> Span {
+        let span = crate::messaging::publish_span(&*self.transport, outgoing.kind, &outgoing.message_type);
+        if let Some(envelope) = Envelope::from_headers(&outgoing.message.headers) {
+            span.record("messaging.message.id", envelope.id.as_str());
+            let _ = span.set_parent(crate::telemetry::extract_context(&envelope.trace_headers()));
+        }
+        span
     }
 
     /// Records the pending rows and the age of the oldest as gauges.

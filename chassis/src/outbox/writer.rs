@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use sqlx::PgConnection;
+use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{CHANNEL, OutboxError};
 use crate::messaging::{Command, Envelope, Event, Kind, Message, Publish};
+use crate::storage::span::Database;
 
 /// Adds messages to the outbox inside the caller's transaction: they are published (by the
 /// relay the runtime runs) if and only if the transaction commits. Cheap to clone.
@@ -88,30 +90,38 @@ impl Outbox {
         );
         let subject = options.subject.clone().unwrap_or_default();
         let (envelope, raw) = crate::messaging::encode(&self.source, message, options, &span.context())?;
-        // Rows of one subject get their sequence numbers in commit order: the lock is held
-        // until this transaction ends, so the next writer of the subject numbers after it.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chassis_outbox'), hashtext($1::text || '/' || $2::text))")
+        let write = async {
+            // Rows of one subject get their sequence numbers in commit order: the lock is held
+            // until this transaction ends, so the next writer of the subject numbers after it.
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtext('chassis_outbox'), hashtext($1::text || '/' || $2::text))",
+            )
             .bind(&*self.origin)
             .bind(&subject)
             .execute(&mut *connection)
             .await?;
-        let headers = serde_json::to_string(&raw.headers).expect("string pairs serialize");
-        sqlx::query(
-            "INSERT INTO chassis_outbox (origin, id, kind, message_type, headers, body) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&*self.origin)
-        .bind(&envelope.id)
+            let headers = serde_json::to_string(&raw.headers).expect("string pairs serialize");
+            sqlx::query(
+                "INSERT INTO chassis_outbox (origin, id, kind, message_type, headers, body) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&*self.origin)
+            .bind(&envelope.id)
             .bind(kind.as_str())
             .bind(M::TYPE)
             .bind(headers)
             .bind(raw.body.as_ref())
             .execute(&mut *connection)
             .await?;
-        // Delivered at commit, and not at all on rollback: the relay wakes for rows that exist.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(&*self.origin)
-            .execute(&mut *connection)
+            // Delivered at commit, and not at all on rollback: the relay wakes for rows that exist.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(&*self.origin)
+                .execute(&mut *connection)
+                .await
+        };
+        Database::postgres_unknown()
+            .call("INSERT", Some("chassis_outbox"), write)
+            .instrument(span)
             .await?;
         Ok(envelope)
     }

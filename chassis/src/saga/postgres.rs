@@ -4,6 +4,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 
 use super::{SagaError, SagaRecord, SagaStatus, SagaStore};
+use crate::storage::span::Database;
 use futures_util::future::BoxFuture;
 
 /// The SQL that creates the `chassis_sagas` table; [`PostgresSagaStore::migrate`] runs it.
@@ -26,7 +27,11 @@ pub const SAGA_MIGRATION: &str = include_str!("../../migrations/0002_chassis_sag
 #[derive(Debug, Clone)]
 pub struct PostgresSagaStore {
     pool: PgPool,
+    database: Database,
 }
+
+/// The store's table, as its spans name it.
+const TABLE: Option<&str> = Some("chassis_sagas");
 
 fn error(e: impl std::fmt::Display) -> SagaError {
     SagaError::Store(format!("postgres: {e}"))
@@ -36,12 +41,15 @@ impl PostgresSagaStore {
     /// Connects a small pool to `url`.
     pub async fn connect(url: &str) -> Result<Self, SagaError> {
         let pool = crate::storage::postgres::connect_pool(url).await.map_err(error)?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// Uses an existing pool (the service's own).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            database: Database::postgres(&pool),
+            pool,
+        }
     }
 
     /// A readiness check of the database behind the store, `postgres:connections` (a `SELECT 1`
@@ -101,8 +109,8 @@ macro_rules! select {
 impl PostgresSagaStore {
     /// Runs `statement` with the record's columns bound as `$1`..`$8` (saga, id, status, step,
     /// data, failed_step, error, version); `true` when it changed a row.
-    async fn write(&self, statement: &'static str, r: &SagaRecord) -> Result<bool, SagaError> {
-        let changed = sqlx::query(statement)
+    async fn write(&self, operation: &'static str, statement: &'static str, r: &SagaRecord) -> Result<bool, SagaError> {
+        let write = sqlx::query(statement)
             .bind(&r.saga)
             .bind(&r.id)
             .bind(r.status.as_str())
@@ -111,7 +119,10 @@ impl PostgresSagaStore {
             .bind(&r.failed_step)
             .bind(&r.error)
             .bind(r.version)
-            .execute(&self.pool)
+            .execute(&self.pool);
+        let changed = self
+            .database
+            .call(operation, TABLE, write)
             .await
             .map_err(error)?
             .rows_affected();
@@ -122,6 +133,7 @@ impl PostgresSagaStore {
 impl SagaStore for PostgresSagaStore {
     fn create<'a>(&'a self, r: &'a SagaRecord) -> BoxFuture<'a, Result<bool, SagaError>> {
         Box::pin(self.write(
+            "INSERT",
             "INSERT INTO chassis_sagas (saga, id, status, step, data, failed_step, error, version)
              VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8) ON CONFLICT DO NOTHING",
             r,
@@ -130,6 +142,7 @@ impl SagaStore for PostgresSagaStore {
 
     fn update<'a>(&'a self, r: &'a SagaRecord) -> BoxFuture<'a, Result<bool, SagaError>> {
         Box::pin(self.write(
+            "UPDATE",
             "UPDATE chassis_sagas
              SET status = $3, step = $4, data = $5::jsonb, failed_step = $6, error = $7, version = $8,
                  updated_at = now()
@@ -140,28 +153,26 @@ impl SagaStore for PostgresSagaStore {
 
     fn load<'a>(&'a self, saga: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<SagaRecord>, SagaError>> {
         Box::pin(async move {
-            let row = sqlx::query(select!("WHERE saga = $1 AND id = $2"))
+            let select = sqlx::query(select!("WHERE saga = $1 AND id = $2"))
                 .bind(saga)
                 .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(error)?;
+                .fetch_optional(&self.pool);
+            let row = self.database.call("SELECT", TABLE, select).await.map_err(error)?;
             row.as_ref().map(record).transpose()
         })
     }
 
     fn stalled<'a>(&'a self, saga: &'a str, idle: Duration) -> BoxFuture<'a, Result<Vec<SagaRecord>, SagaError>> {
         Box::pin(async move {
-            let rows = sqlx::query(select!(
+            let select = sqlx::query(select!(
                 "WHERE saga = $1 AND status IN ('running', 'compensating')
                    AND updated_at <= now() - $2 * interval '1 millisecond'
                  ORDER BY updated_at LIMIT 1000"
             ))
             .bind(saga)
             .bind(idle.as_millis() as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(error)?;
+            .fetch_all(&self.pool);
+            let rows = self.database.call("SELECT", TABLE, select).await.map_err(error)?;
             rows.iter().map(record).collect()
         })
     }

@@ -7,6 +7,8 @@ mod config;
 pub(crate) mod postgres;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) mod span;
 #[cfg(feature = "postgres")]
 mod transaction;
 
