@@ -28,7 +28,13 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
         })
         .await?;
         Ok(Router::new()
-            .route("/users/{id}", get(|| async { "user" }))
+            .route(
+                "/users/{id}",
+                get(|| async {
+                    tracing::info!(user = 42, "looking the user up");
+                    "user"
+                }),
+            )
             .route("/fail", get(|| async { StatusCode::BAD_GATEWAY }))
             .route(
                 "/slow",
@@ -129,6 +135,20 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
     .await;
     // Stopping flushes the batch.
     service.stop().await;
+
+    // The handler's log line, exported as a log record in the request's trace.
+    let logged = receiver.wait_for_log(|l| l.body == "looking the user up").await;
+    assert_eq!(logged.trace_id, trace_id);
+    assert_eq!(logged.span_id.len(), 16);
+    assert_ne!(logged.span_id, parent_id);
+    assert_eq!(logged.severity_text, "INFO");
+    assert_eq!(logged.severity_number, 9);
+    assert_eq!(logged.attributes["user"], "42");
+    assert_eq!(logged.attribute_types["user"], "int");
+    assert_eq!(logged.resource["service.name"], "otlp-test");
+    assert!(logged.resource.contains_key("service.instance.id"));
+    let server_span = receiver.wait_for(|s| s.kind == SERVER && s.trace_id == trace_id).await;
+    assert_eq!(logged.span_id, server_span.span_id, "logged inside the server span");
 
     let resent = receiver
         .wait_for(|s| s.kind == CLIENT && s.attributes.contains_key("http.request.resend_count"))

@@ -1,7 +1,8 @@
-//! The span batch processor: ended spans queue up (without blocking the request that ended
-//! them) and a thread of its own exports them in batches. Unlike the SDK's, it counts every
-//! span it exports, drops or fails to export (`chassis_otel_spans_total{outcome}`), says in the
-//! service's own log why an export failed (at most every 30 s), and flushes within a deadline.
+//! The batch processor of spans and of log records: they queue up (without blocking the request
+//! that made them) and a thread of its own exports them in batches. Unlike the SDK's, it counts
+//! every item it exports, drops or fails to export (`chassis_otel_spans_total{outcome}`,
+//! `chassis_otel_log_records_total{outcome}`), says in the service's own log why an export
+//! failed (at most every 30 s), and flushes within a deadline.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,34 +17,98 @@ use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 /// exporter could not deliver them).
 pub const SPANS_TOTAL: &str = "chassis_otel_spans_total";
 
+/// Log records exported over OTLP by what became of them: `exported`, `dropped` (the queue was
+/// full) or `failed` (the exporter could not deliver them).
+pub const LOG_RECORDS_TOTAL: &str = "chassis_otel_log_records_total";
+
 pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         SPANS_TOTAL,
         "Spans by outcome: exported, dropped (the export queue was full), failed (the collector did not take them)."
+    );
+    metrics::describe_counter!(
+        LOG_RECORDS_TOTAL,
+        "Log records exported over OTLP by outcome: exported, dropped (the export queue was full), failed (the collector did not take them)."
     );
 }
 
 /// How often a failing export is logged at most.
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
-enum Item {
-    Span(Box<SpanData>),
+/// One signal's exporter as the worker drives it.
+pub(crate) trait Export: Send + 'static {
+    /// What is batched: a span, a log record.
+    type Item: Send + 'static;
+    /// The items' name in log lines: `spans`, `log records`.
+    const NOUN: &'static str;
+    /// The counter of outcomes.
+    const TOTAL: &'static str;
+    /// What to do when items are dropped.
+    const WHEN_DROPPING: &'static str;
+
+    fn export(&mut self, batch: Vec<Self::Item>) -> OTelSdkResult;
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource);
+    fn shutdown(&mut self);
+}
+
+/// Spans, through a span exporter.
+pub(crate) struct Spans<E>(pub(crate) E);
+
+impl<E: SpanExporter + 'static> Export for Spans<E> {
+    type Item = SpanData;
+    const NOUN: &'static str = "spans";
+    const TOTAL: &'static str = SPANS_TOTAL;
+    const WHEN_DROPPING: &'static str = "sample fewer with telemetry.sampling_ratio";
+
+    fn export(&mut self, batch: Vec<SpanData>) -> OTelSdkResult {
+        futures_executor::block_on(self.0.export(batch))
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.0.set_resource(resource);
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.0.shutdown();
+    }
+}
+
+enum Item<T> {
+    One(Box<T>),
     Resource(Box<opentelemetry_sdk::Resource>),
     Flush(SyncSender<()>),
     Shutdown(SyncSender<()>),
 }
 
-/// The processor the tracer provider runs; see the module docs.
-#[derive(Debug)]
-pub(crate) struct BatchProcessor {
-    queue: SyncSender<Item>,
-    dropping: Arc<AtomicBool>,
+thread_local! {
+    /// Set on the export threads: what they log is not exported again.
+    static EXPORTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-impl BatchProcessor {
+/// Whether this thread is one of the export threads.
+pub(crate) fn on_export_thread() -> bool {
+    EXPORTING.with(std::cell::Cell::get)
+}
+
+/// The processor of one signal; see the module docs.
+pub(crate) struct BatchProcessor<T> {
+    queue: SyncSender<Item<T>>,
+    dropping: Arc<AtomicBool>,
+    total: &'static str,
+}
+
+impl<T> std::fmt::Debug for BatchProcessor<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchProcessor")
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> BatchProcessor<T> {
     /// Exports with `exporter` as `config` says (`batch_delay`, `max_batch_size`,
     /// `max_queue_size`); `endpoint` names the collector in log lines.
-    pub(crate) fn new<E: SpanExporter + 'static>(exporter: E, endpoint: String, config: &super::OtlpConfig) -> Self {
+    pub(crate) fn new<E: Export<Item = T>>(exporter: E, endpoint: String, config: &super::OtlpConfig) -> Self {
         // The worker holds the batch it is building: the channel holds the rest of the queue.
         let (queue, items) = sync_channel(config.max_queue_size.saturating_sub(config.max_batch_size).max(1));
         let dropping = Arc::new(AtomicBool::new(false));
@@ -59,17 +124,37 @@ impl BatchProcessor {
         };
         std::thread::Builder::new()
             .name("otel-export".into())
-            .spawn(move || worker.run(items))
-            .expect("a thread for span export");
-        Self { queue, dropping }
+            .spawn(move || {
+                EXPORTING.with(|exporting| exporting.set(true));
+                worker.run(items)
+            })
+            .expect("a thread for OTLP export");
+        Self {
+            queue,
+            dropping,
+            total: E::TOTAL,
+        }
+    }
+
+    /// Queues `item` for export, or counts it dropped when the queue is full.
+    pub(crate) fn enqueue(&self, item: T) {
+        match self.queue.try_send(Item::One(Box::new(item))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!(self.total, "outcome" => "dropped").increment(1);
+                // Logged by the worker: logging here, inside the subscriber, would re-enter it.
+                self.dropping.store(true, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
     }
 
     /// Asks the worker to do `item`'s job and waits for it, at most `within`.
-    fn ask(&self, item: impl FnOnce(SyncSender<()>) -> Item, within: Duration) -> OTelSdkResult {
+    fn ask(&self, item: impl FnOnce(SyncSender<()>) -> Item<T>, within: Duration) -> OTelSdkResult {
         let (done, waited) = sync_channel(1);
         let deadline = Instant::now() + within;
         let mut item = item(done);
-        // The queue may be full of spans: keep offering until the deadline.
+        // The queue may be full: keep offering until the deadline.
         loop {
             match self.queue.try_send(item) {
                 Ok(()) => break,
@@ -92,45 +177,49 @@ impl BatchProcessor {
     pub(crate) fn flush_within(&self, within: Duration) -> OTelSdkResult {
         self.ask(Item::Flush, within)
     }
+
+    /// Exports what is queued and stops the worker, waiting at most `within`.
+    pub(crate) fn shutdown_within(&self, within: Duration) -> OTelSdkResult {
+        self.ask(Item::Shutdown, within)
+    }
+
+    /// Hands the exporter the resource, before any item: the provider sets it as it is built.
+    pub(crate) fn set_resource(&self, resource: &opentelemetry_sdk::Resource) {
+        let _ = self.queue.send(Item::Resource(Box::new(resource.clone())));
+    }
 }
 
-impl SpanProcessor for BatchProcessor {
+/// The span processor the tracer provider runs, shared with the telemetry guard that flushes it
+/// at shutdown.
+#[derive(Debug)]
+pub(crate) struct Shared(pub(crate) Arc<BatchProcessor<SpanData>>);
+
+impl SpanProcessor for Shared {
     fn on_start(&self, _: &mut Span, _: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
-        match self.queue.try_send(Item::Span(Box::new(span))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                metrics::counter!(SPANS_TOTAL, "outcome" => "dropped").increment(1);
-                // Logged by the worker: logging here, inside the subscriber closing a span,
-                // would re-enter it.
-                self.dropping.store(true, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => {}
+        if span.span_context.is_sampled() {
+            self.0.enqueue(span);
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.flush_within(Duration::from_secs(5))
+        self.0.flush_within(Duration::from_secs(5))
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.ask(Item::Shutdown, timeout)
+        self.0.shutdown_within(timeout)
     }
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        // Before any span: the provider sets it as it is built.
-        let _ = self.queue.send(Item::Resource(Box::new(resource.clone())));
+        self.0.set_resource(resource);
     }
 }
 
 /// Failed exports since the last log line about them.
 #[derive(Default)]
 struct Failures {
-    spans: u64,
+    lost: u64,
     logged_at: Option<Instant>,
 }
 
@@ -147,16 +236,16 @@ struct Worker<E> {
     failures: Failures,
 }
 
-impl<E: SpanExporter> Worker<E> {
-    fn run(mut self, items: Receiver<Item>) {
+impl<E: Export> Worker<E> {
+    fn run(mut self, items: Receiver<Item<E::Item>>) {
         let mut batch = Vec::with_capacity(self.batch_size);
         let mut deadline = Instant::now() + self.delay;
         loop {
             self.log_dropping();
             let item = items.recv_timeout(deadline.saturating_duration_since(Instant::now()));
             match item {
-                Ok(Item::Span(span)) => {
-                    batch.push(*span);
+                Ok(Item::One(item)) => {
+                    batch.push(*item);
                     if batch.len() >= self.batch_size {
                         self.export(&mut batch);
                         deadline = Instant::now() + self.delay;
@@ -169,7 +258,7 @@ impl<E: SpanExporter> Worker<E> {
                 }
                 Ok(Item::Shutdown(done)) => {
                     self.drain(&items, &mut batch);
-                    let _ = self.exporter.shutdown();
+                    self.exporter.shutdown();
                     let _ = done.send(());
                     return;
                 }
@@ -185,25 +274,27 @@ impl<E: SpanExporter> Worker<E> {
         }
     }
 
-    /// Says once per stretch of dropping that spans are dropped.
+    /// Says once per stretch of dropping that items are dropped.
     fn log_dropping(&mut self) {
         if self.dropping.load(Ordering::Relaxed) && !self.dropping_logged {
             tracing::warn!(
                 max_queue_size = self.queue_size,
-                "spans are dropped: they end faster than the collector takes them \
-                 (chassis_otel_spans_total{{outcome=\"dropped\"}} counts them); sample fewer with \
-                 telemetry.sampling_ratio"
+                "{} are dropped: they come faster than the collector takes them \
+                 ({}{{outcome=\"dropped\"}} counts them); {}",
+                E::NOUN,
+                E::TOTAL,
+                E::WHEN_DROPPING,
             );
             self.dropping_logged = true;
         }
     }
 
     /// Exports everything queued so far.
-    fn drain(&mut self, items: &Receiver<Item>, batch: &mut Vec<SpanData>) {
+    fn drain(&mut self, items: &Receiver<Item<E::Item>>, batch: &mut Vec<E::Item>) {
         while let Ok(item) = items.try_recv() {
             match item {
-                Item::Span(span) => {
-                    batch.push(*span);
+                Item::One(item) => {
+                    batch.push(*item);
                     if batch.len() >= self.batch_size {
                         self.export(batch);
                     }
@@ -217,64 +308,39 @@ impl<E: SpanExporter> Worker<E> {
         self.export(batch);
     }
 
-    fn export(&mut self, batch: &mut Vec<SpanData>) {
+    fn export(&mut self, batch: &mut Vec<E::Item>) {
         if batch.is_empty() {
             return;
         }
-        let spans = batch.len() as u64;
-        let result = futures_executor::block_on(self.exporter.export(std::mem::take(batch)));
+        let count = batch.len() as u64;
+        let result = self.exporter.export(std::mem::take(batch));
         match result {
             Ok(()) => {
-                metrics::counter!(SPANS_TOTAL, "outcome" => "exported").increment(spans);
+                metrics::counter!(E::TOTAL, "outcome" => "exported").increment(count);
                 self.dropping.store(false, Ordering::Relaxed);
                 self.dropping_logged = false;
-                if self.failures.spans > 0 {
-                    tracing::info!(endpoint = %self.endpoint, "span export works again");
+                if self.failures.lost > 0 {
+                    tracing::info!(endpoint = %self.endpoint, "OTLP export of {} works again", E::NOUN);
                     self.failures = Failures::default();
                 }
             }
             Err(error) => {
                 self.log_dropping();
-                metrics::counter!(SPANS_TOTAL, "outcome" => "failed").increment(spans);
-                self.failures.spans += spans;
+                metrics::counter!(E::TOTAL, "outcome" => "failed").increment(count);
+                self.failures.lost += count;
                 let now = Instant::now();
                 if self.failures.logged_at.is_none_or(|at| now >= at + LOG_EVERY) {
                     tracing::error!(
                         endpoint = %self.endpoint,
                         %error,
-                        spans_lost = self.failures.spans,
-                        "exporting spans failed; they are lost (chassis_otel_spans_total{{outcome=\"failed\"}})"
+                        lost = self.failures.lost,
+                        "exporting {} failed; they are lost ({}{{outcome=\"failed\"}})",
+                        E::NOUN,
+                        E::TOTAL,
                     );
                     self.failures.logged_at = Some(now);
                 }
             }
         }
-    }
-}
-
-/// The process' batch processor, shared by the tracer provider and the telemetry guard that
-/// flushes it at shutdown.
-#[derive(Debug)]
-pub(crate) struct Shared(pub(crate) Arc<BatchProcessor>);
-
-impl SpanProcessor for Shared {
-    fn on_start(&self, span: &mut Span, cx: &Context) {
-        self.0.on_start(span, cx);
-    }
-
-    fn on_end(&self, span: SpanData) {
-        self.0.on_end(span);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        let _ = self.0.queue.send(Item::Resource(Box::new(resource.clone())));
     }
 }

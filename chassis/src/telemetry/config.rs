@@ -128,7 +128,7 @@ crate::config::choices! {
     }
 }
 
-/// `[telemetry.otlp]`: where traces go.
+/// `[telemetry.otlp]`: where traces and logs go.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -153,8 +153,12 @@ pub struct OtlpConfig {
     pub max_batch_size: usize,
     /// `telemetry.otlp.max_queue_size`: ended spans waiting for export at most; beyond it they
     /// are dropped (and counted in `chassis_otel_spans_total{outcome="dropped"}`). Default
-    /// `2048`.
+    /// `2048`. Log records have a queue of their own of the same size.
     pub max_queue_size: usize,
+    /// `telemetry.otlp.logs`: export log records too (the events `telemetry.log_level` lets
+    /// through, with their trace and span ids) to `/v1/logs`, next to the lines on stdout.
+    /// Default `true`: with an endpoint set, traces and logs go to the collector.
+    pub logs: bool,
 }
 
 impl Default for OtlpConfig {
@@ -167,6 +171,7 @@ impl Default for OtlpConfig {
             batch_delay: Duration::from_secs(5),
             max_batch_size: 512,
             max_queue_size: 2048,
+            logs: true,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The OTLP span exporter, over HTTP/protobuf or gRPC as configured.
+//! The OTLP span and log exporters, over HTTP/protobuf or gRPC as configured.
 
 use opentelemetry_otlp::WithExportConfig;
 #[cfg(feature = "otlp-http")]
@@ -13,51 +13,66 @@ fn describe(config: &OtlpConfig) -> String {
         .unwrap_or_else(|| "the endpoint from OTEL_EXPORTER_OTLP_*".into())
 }
 
-pub(super) fn build(config: &OtlpConfig) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
-    let error = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
-        endpoint: describe(config),
-        reason: e.to_string(),
-    };
-    match config.protocol {
-        #[cfg(feature = "otlp-http")]
-        OtlpProtocol::HttpProtobuf => {
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(config.timeout)
-                .with_headers(config.headers.clone().into_iter().collect());
-            if let Some(endpoint) = &config.endpoint {
-                // Like OTEL_EXPORTER_OTLP_ENDPOINT, the configured URL is the collector's
-                // base; the signal path is ours to add.
-                builder = builder.with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')));
-            }
-            builder.build().map_err(error)
-        }
-        #[cfg(feature = "otlp-grpc")]
-        OtlpProtocol::Grpc => {
-            use opentelemetry_otlp::WithTonicConfig;
-            let mut metadata = tonic::metadata::MetadataMap::new();
-            for (key, value) in &config.headers {
-                if let (Ok(k), Ok(v)) = (
-                    key.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
-                    value.parse(),
-                ) {
-                    metadata.insert(k, v);
-                }
-            }
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_timeout(config.timeout)
-                .with_metadata(metadata);
-            if let Some(endpoint) = &config.endpoint {
-                builder = builder.with_endpoint(endpoint.clone());
-            }
-            builder.build().map_err(error)
-        }
-        #[allow(unreachable_patterns)]
-        _ => Err(TelemetryError::Exporter {
+/// Builds `$exporter` (`SpanExporter`, `LogExporter`) for `$config`, over HTTP at `$path`: one
+/// body for both signals, whose SDK builders share their methods but no trait.
+macro_rules! build_exporter {
+    ($exporter:ident, $config:expr, $path:literal) => {{
+        let config: &OtlpConfig = $config;
+        let error = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
             endpoint: describe(config),
-            reason: "this OTLP protocol is not compiled in (chassis features `otlp-http` / `otlp-grpc`)".into(),
-        }),
-    }
+            reason: e.to_string(),
+        };
+        match config.protocol {
+            #[cfg(feature = "otlp-http")]
+            OtlpProtocol::HttpProtobuf => {
+                let mut builder = opentelemetry_otlp::$exporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_timeout(config.timeout)
+                    .with_headers(config.headers.clone().into_iter().collect());
+                if let Some(endpoint) = &config.endpoint {
+                    // Like OTEL_EXPORTER_OTLP_ENDPOINT, the configured URL is the collector's
+                    // base; the signal path is ours to add.
+                    builder = builder.with_endpoint(format!("{}{}", endpoint.trim_end_matches('/'), $path));
+                }
+                builder.build().map_err(error)
+            }
+            #[cfg(feature = "otlp-grpc")]
+            OtlpProtocol::Grpc => {
+                use opentelemetry_otlp::WithTonicConfig;
+                let mut metadata = tonic::metadata::MetadataMap::new();
+                for (key, value) in &config.headers {
+                    if let (Ok(k), Ok(v)) = (
+                        key.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
+                        value.parse(),
+                    ) {
+                        metadata.insert(k, v);
+                    }
+                }
+                let mut builder = opentelemetry_otlp::$exporter::builder()
+                    .with_tonic()
+                    .with_timeout(config.timeout)
+                    .with_metadata(metadata);
+                if let Some(endpoint) = &config.endpoint {
+                    builder = builder.with_endpoint(endpoint.clone());
+                }
+                builder.build().map_err(error)
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(TelemetryError::Exporter {
+                endpoint: describe(config),
+                reason: "this OTLP protocol is not compiled in (chassis features `otlp-http` / `otlp-grpc`)".into(),
+            }),
+        }
+    }};
+}
+
+/// The span exporter: `/v1/traces` on the configured base URL over HTTP.
+pub(super) fn spans(config: &OtlpConfig) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    build_exporter!(SpanExporter, config, "/v1/traces")
+}
+
+/// The log record exporter: `/v1/logs` on the configured base URL over HTTP.
+pub(super) fn logs(config: &OtlpConfig) -> Result<opentelemetry_otlp::LogExporter, TelemetryError> {
+    build_exporter!(LogExporter, config, "/v1/logs")
 }

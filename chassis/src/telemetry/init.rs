@@ -22,7 +22,7 @@ use crate::config::ServiceConfig;
 #[non_exhaustive]
 pub enum TelemetryError {
     /// The OTLP exporter could not be built.
-    #[error("cannot build the OTLP trace exporter for {endpoint}: {reason}")]
+    #[error("cannot build the OTLP exporter for {endpoint}: {reason}")]
     Exporter {
         /// The endpoint, or where it was read from.
         endpoint: String,
@@ -48,7 +48,11 @@ pub struct TelemetryGuard {
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// Its batch processor, when it exports.
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
-static BATCH: OnceLock<std::sync::Arc<super::batch::BatchProcessor>> = OnceLock::new();
+static BATCH: OnceLock<std::sync::Arc<super::batch::BatchProcessor<opentelemetry_sdk::trace::SpanData>>> =
+    OnceLock::new();
+/// The log records' batch processor, when they are exported.
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+static LOG_BATCH: OnceLock<std::sync::Arc<super::batch::BatchProcessor<super::log_export::Record>>> = OnceLock::new();
 
 impl TelemetryGuard {
     /// A guard that owns nothing (telemetry was initialized elsewhere).
@@ -64,23 +68,34 @@ impl TelemetryGuard {
         self.provider.is_some()
     }
 
-    /// Exports the spans still batched, waiting at most `telemetry.flush_timeout`: a collector
-    /// that is down or hangs cannot hold the process past its shutdown budget.
+    /// Exports the spans and log records still batched, waiting at most
+    /// `telemetry.flush_timeout` for both together: a collector that is down or hangs cannot
+    /// hold the process past its shutdown budget.
     pub async fn flush(&self) {
         if self.provider.is_none() {
             return;
         }
         #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
-        if let Some(batch) = BATCH.get().cloned() {
+        {
             let within = self.flush_timeout;
-            // The flush blocks its thread until the exporter answers or the time is up.
-            let result = tokio::task::spawn_blocking(move || batch.flush_within(within)).await;
-            if let Ok(Err(error)) = result {
-                tracing::warn!(
-                    %error,
-                    flush_timeout = %crate::config::duration::format(&within),
-                    "the spans still batched at shutdown could not be exported in time; they are lost"
-                );
+            // Each flush blocks its thread until the exporter answers or the time is up; the
+            // two run side by side.
+            let spans = BATCH
+                .get()
+                .cloned()
+                .map(|batch| tokio::task::spawn_blocking(move || ("spans", batch.flush_within(within))));
+            let logs = LOG_BATCH
+                .get()
+                .cloned()
+                .map(|batch| tokio::task::spawn_blocking(move || ("log records", batch.flush_within(within))));
+            for flush in [spans, logs].into_iter().flatten() {
+                if let Ok((what, Err(error))) = flush.await {
+                    tracing::warn!(
+                        %error,
+                        flush_timeout = %crate::config::duration::format(&within),
+                        "the {what} still batched at shutdown could not be exported in time; they are lost"
+                    );
+                }
             }
         }
     }
@@ -151,7 +166,8 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
             flush_timeout: config.flush_timeout,
         });
     }
-    let (provider, exporting) = build_provider(service, config)?;
+    let resource = resource(service);
+    let (provider, exporting) = build_provider(resource.clone(), config)?;
     let tracer = provider.tracer("chassis");
 
     let log_directives = match std::env::var("RUST_LOG") {
@@ -176,6 +192,10 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .boxed(),
     };
+    #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+    let fmt_layer = fmt_layer.and_then(log_bridge(exporting, resource, config)?);
+    #[cfg(not(any(feature = "otlp-http", feature = "otlp-grpc")))]
+    let _ = resource;
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
@@ -250,20 +270,62 @@ fn sampler(config: &TelemetryConfig) -> Sampler {
     Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sampling_ratio)))
 }
 
-/// The provider, and whether it exports.
-fn build_provider(
-    service: &ServiceConfig,
-    config: &TelemetryConfig,
-) -> Result<(SdkTracerProvider, bool), TelemetryError> {
+/// The resource of every signal the service exports.
+fn resource(service: &ServiceConfig) -> Resource {
     // `service.name` already is OTEL_SERVICE_NAME when that is set: one name for every signal.
-    let resource = Resource::builder()
+    Resource::builder()
         .with_service_name(service.name.clone())
         .with_attributes([
             KeyValue::new("service.version", service.version.clone()),
             KeyValue::new("service.instance.id", service.instance_id()),
             KeyValue::new("deployment.environment.name", service.environment.clone()),
         ])
+        .build()
+}
+
+/// The layer that exports log records over OTLP, when spans are exported (`exporting`), and
+/// `telemetry.otlp.logs` is on and `OTEL_LOGS_EXPORTER` is not `none`.
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+fn log_bridge(
+    exporting: bool,
+    resource: Resource,
+    config: &TelemetryConfig,
+) -> Result<
+    Option<
+        opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge<
+            opentelemetry_sdk::logs::SdkLoggerProvider,
+            opentelemetry_sdk::logs::SdkLogger,
+        >,
+    >,
+    TelemetryError,
+> {
+    let switched_off = std::env::var("OTEL_LOGS_EXPORTER").is_ok_and(|v| v.trim().eq_ignore_ascii_case("none"));
+    if !exporting || !config.otlp.logs || switched_off {
+        return Ok(None);
+    }
+    let exporter = super::exporter::logs(&config.otlp)?;
+    let endpoint = config
+        .otlp
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| "the endpoint of OTEL_EXPORTER_OTLP_*".into());
+    let batch = std::sync::Arc::new(super::batch::BatchProcessor::new(
+        super::log_export::Logs(exporter),
+        endpoint,
+        &config.otlp,
+    ));
+    let _ = LOG_BATCH.set(batch.clone());
+    let provider = opentelemetry_sdk::logs::SdkLoggerProvider::builder()
+        .with_resource(resource)
+        .with_log_processor(super::log_export::SharedLogs(batch))
         .build();
+    Ok(Some(
+        opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(&provider),
+    ))
+}
+
+/// The provider, and whether it exports.
+fn build_provider(resource: Resource, config: &TelemetryConfig) -> Result<(SdkTracerProvider, bool), TelemetryError> {
     let builder = SdkTracerProvider::builder()
         .with_resource(resource)
         .with_sampler(sampler(config));
@@ -277,7 +339,7 @@ fn build_provider(
     }
     #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
     {
-        let exporter = super::exporter::build(&config.otlp)?;
+        let exporter = super::batch::Spans(super::exporter::spans(&config.otlp)?);
         let endpoint = config
             .otlp
             .endpoint

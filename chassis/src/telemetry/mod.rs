@@ -12,6 +12,9 @@
 //!   (HTTP/protobuf with the `otlp-http` feature, gRPC with `otlp-grpc`);
 //! - the W3C TraceContext and Baggage propagators as the global propagator.
 //!
+//! With export on, log records go over OTLP too (`telemetry.otlp.logs`, default on), with the
+//! trace and span ids of where they were logged, counted in [`LOG_RECORDS_TOTAL`].
+//!
 //! Export is off unless `telemetry.otlp.endpoint`, `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; trace ids are still generated and propagated so
 //! logs correlate. `OTEL_SDK_DISABLED=true` turns export off, `OTEL_SERVICE_NAME` overrides the
@@ -24,6 +27,8 @@ mod config;
 mod exporter;
 mod format;
 mod init;
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+mod log_export;
 mod propagation;
 pub mod request_id;
 mod request_span;
@@ -32,7 +37,7 @@ mod span_source;
 pub mod trace;
 
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
-pub use batch::SPANS_TOTAL;
+pub use batch::{LOG_RECORDS_TOTAL, SPANS_TOTAL};
 pub use config::{LogFormat, OtlpConfig, OtlpProtocol, TelemetryConfig};
 pub use init::{TelemetryError, TelemetryGuard, init, log_filter, set_log_filter};
 pub use propagation::{HeaderExtractor, HeaderInjector, extract_context, inject_context, propagator};

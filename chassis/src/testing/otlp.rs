@@ -9,7 +9,9 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use http::{StatusCode, header};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message as _;
 use tokio::sync::Notify;
@@ -41,13 +43,36 @@ pub struct ReceivedSpan {
     pub resource: BTreeMap<String, String>,
 }
 
+/// A log record as an OTLP receiver got it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ReceivedLog {
+    /// The message, rendered as a string.
+    pub body: String,
+    /// `INFO`, `WARN`, ...
+    pub severity_text: String,
+    /// The OTLP severity number (9 = INFO, 13 = WARN, 17 = ERROR).
+    pub severity_number: i32,
+    /// The trace id of where it was logged, 32 lowercase hex digits; empty outside a trace.
+    pub trace_id: String,
+    /// The span id of where it was logged; empty outside a trace.
+    pub span_id: String,
+    /// The event's fields, rendered as strings.
+    pub attributes: BTreeMap<String, String>,
+    /// The OTLP type of each attribute, as in [`ReceivedSpan::attribute_types`].
+    pub attribute_types: BTreeMap<String, &'static str>,
+    /// The attributes of the resource that sent the record, rendered as strings.
+    pub resource: BTreeMap<String, String>,
+}
+
 #[derive(Default)]
 struct Received {
     spans: Mutex<Vec<ReceivedSpan>>,
+    logs: Mutex<Vec<ReceivedLog>>,
     arrived: Notify,
 }
 
-/// An OTLP/HTTP trace receiver on a free loopback port: point `telemetry.otlp.endpoint` at
+/// An OTLP/HTTP trace and log receiver on a free loopback port: point `telemetry.otlp.endpoint` at
 /// [`OtlpReceiver::endpoint`] and assert on what arrives.
 ///
 /// ```no_run
@@ -75,7 +100,8 @@ impl std::fmt::Debug for OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Binds `127.0.0.1:0` and serves `POST /v1/traces` (protobuf) in the background.
+    /// Binds `127.0.0.1:0` and serves `POST /v1/traces` and `POST /v1/logs` (protobuf) in the
+    /// background.
     pub async fn start() -> Self {
         let received = Arc::new(Received::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -84,6 +110,7 @@ impl OtlpReceiver {
         let addr = listener.local_addr().expect("the OTLP receiver's address");
         let app = Router::new()
             .route("/v1/traces", post(export))
+            .route("/v1/logs", post(export_logs))
             .with_state(received.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { addr, received }
@@ -97,6 +124,33 @@ impl OtlpReceiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.received.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every log record received so far.
+    pub fn logs(&self) -> Vec<ReceivedLog> {
+        self.received.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits (up to 10 s of real time: the exporter batches) for a log record matching
+    /// `predicate`.
+    ///
+    /// # Panics
+    ///
+    /// When no such record arrives in time, listing the records that did.
+    pub async fn wait_for_log(&self, predicate: impl Fn(&ReceivedLog) -> bool) -> ReceivedLog {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let arrived = self.received.arrived.notified();
+            if let Some(log) = self.logs().into_iter().find(|l| predicate(l)) {
+                return log;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!(
+                    "no matching log record arrived within 10s; received: {:#?}",
+                    self.logs()
+                );
+            }
+        }
     }
 
     /// Waits (up to 10 s of real time: the exporter batches) for a span matching `predicate`.
@@ -125,16 +179,7 @@ async fn export(State(received): State<Arc<Received>>, body: Bytes) -> axum::res
     };
     let mut spans = Vec::new();
     for resource_spans in request.resource_spans {
-        let resource: BTreeMap<String, String> = resource_spans
-            .resource
-            .as_ref()
-            .map(|r| {
-                r.attributes
-                    .iter()
-                    .filter_map(|kv| Some((kv.key.clone(), render(kv.value.as_ref()?.value.as_ref()?))))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let resource = rendered(resource_spans.resource.as_ref().map_or(&[][..], |r| &r.attributes));
         let service_name = resource.get("service.name").cloned().unwrap_or_default();
         for scope_spans in resource_spans.scope_spans {
             for span in scope_spans.spans {
@@ -144,16 +189,8 @@ async fn export(State(received): State<Arc<Received>>, body: Bytes) -> axum::res
                     span_id: hex(&span.span_id),
                     parent_span_id: hex(&span.parent_span_id),
                     kind: span.kind,
-                    attributes: span
-                        .attributes
-                        .iter()
-                        .filter_map(|kv| Some((kv.key.clone(), render(kv.value.as_ref()?.value.as_ref()?))))
-                        .collect(),
-                    attribute_types: span
-                        .attributes
-                        .iter()
-                        .filter_map(|kv| Some((kv.key.clone(), type_of(kv.value.as_ref()?.value.as_ref()?))))
-                        .collect(),
+                    attributes: rendered(&span.attributes),
+                    attribute_types: types(&span.attributes),
                     status_code: span.status.map(|s| s.code).unwrap_or(0),
                     service_name: service_name.clone(),
                     resource: resource.clone(),
@@ -168,6 +205,57 @@ async fn export(State(received): State<Arc<Received>>, body: Bytes) -> axum::res
         ExportTraceServiceResponse { partial_success: None }.encode_to_vec(),
     )
         .into_response()
+}
+
+async fn export_logs(State(received): State<Arc<Received>>, body: Bytes) -> axum::response::Response {
+    let request = match ExportLogsServiceRequest::decode(body) {
+        Ok(request) => request,
+        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+    };
+    let mut logs = Vec::new();
+    for resource_logs in request.resource_logs {
+        let resource = rendered(resource_logs.resource.as_ref().map_or(&[][..], |r| &r.attributes));
+        for scope_logs in resource_logs.scope_logs {
+            for record in scope_logs.log_records {
+                logs.push(ReceivedLog {
+                    body: record
+                        .body
+                        .as_ref()
+                        .and_then(|body| body.value.as_ref())
+                        .map(render)
+                        .unwrap_or_default(),
+                    severity_text: record.severity_text,
+                    severity_number: record.severity_number,
+                    trace_id: hex(&record.trace_id),
+                    span_id: hex(&record.span_id),
+                    attributes: rendered(&record.attributes),
+                    attribute_types: types(&record.attributes),
+                    resource: resource.clone(),
+                });
+            }
+        }
+    }
+    received.logs.lock().unwrap_or_else(|e| e.into_inner()).extend(logs);
+    received.arrived.notify_waiters();
+    (
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        ExportLogsServiceResponse { partial_success: None }.encode_to_vec(),
+    )
+        .into_response()
+}
+
+fn rendered(attributes: &[KeyValue]) -> BTreeMap<String, String> {
+    attributes
+        .iter()
+        .filter_map(|kv| Some((kv.key.clone(), render(kv.value.as_ref()?.value.as_ref()?))))
+        .collect()
+}
+
+fn types(attributes: &[KeyValue]) -> BTreeMap<String, &'static str> {
+    attributes
+        .iter()
+        .filter_map(|kv| Some((kv.key.clone(), type_of(kv.value.as_ref()?.value.as_ref()?))))
+        .collect()
 }
 
 fn render(value: &Value) -> String {
