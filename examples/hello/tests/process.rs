@@ -111,10 +111,10 @@ async fn the_exposition_passes_promtool() {
     assert!(status.success());
 }
 
-/// The value of `chassis_otel_spans_total{outcome}` in `text`.
-fn spans(text: &str, outcome: &str) -> f64 {
+/// The value of `family{outcome}` (`chassis_otel_spans_total`, `..._log_records_total`) in `text`.
+fn counted(text: &str, family: &str, outcome: &str) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with("chassis_otel_spans_total{") && l.contains(&format!("outcome=\"{outcome}\"")))
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(&format!("outcome=\"{outcome}\"")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -132,7 +132,9 @@ async fn a_hung_collector_is_counted_logged_once_and_cannot_hold_the_shutdown() 
     });
     let hello = Hello::start(&[
         ("APP__TELEMETRY__LOG_FORMAT", "json"),
-        ("APP__TELEMETRY__LOG_LEVEL", "warn"),
+        // Every request logs a line, exported as a log record.
+        ("APP__TELEMETRY__LOG_LEVEL", "warn,chassis::access=info"),
+        ("APP__TELEMETRY__ACCESS_LOG", "true"),
         ("APP__TELEMETRY__FLUSH_TIMEOUT", "1s"),
         ("APP__TELEMETRY__OTLP__ENDPOINT", &endpoint),
         ("APP__TELEMETRY__OTLP__TIMEOUT", "2s"),
@@ -142,14 +144,17 @@ async fn a_hung_collector_is_counted_logged_once_and_cannot_hold_the_shutdown() 
     ])
     .await;
 
-    // Spans keep ending while the first export hangs: the queue fills, the rest are dropped;
-    // each export times out, and its spans count as failed.
-    eventually("spans to be dropped and exports to fail", async || {
+    // Spans and log records keep coming while the first export hangs: the queues fill, the rest
+    // are dropped; each export times out, and what it carried counts as failed.
+    eventually("spans and log records to be dropped and exports to fail", async || {
         for _ in 0..20 {
             hello.client.get(hello.url("/hello/otel")).send().await.ok()?;
         }
         let text = hello.metrics().await?;
-        (spans(&text, "dropped") > 0.0 && spans(&text, "failed") > 0.0).then_some(())
+        ["chassis_otel_spans_total", "chassis_otel_log_records_total"]
+            .iter()
+            .all(|family| counted(&text, family, "dropped") > 0.0 && counted(&text, family, "failed") > 0.0)
+            .then_some(())
     })
     .await;
 
@@ -167,6 +172,9 @@ async fn a_hung_collector_is_counted_logged_once_and_cannot_hold_the_shutdown() 
         1,
         "{log}"
     );
+    let lines = |text: &str| log.lines().filter(|l| l.contains(text)).count();
+    assert_eq!(lines("exporting log records failed"), 1, "{log}");
+    assert_eq!(lines("log records are dropped"), 1, "{log}");
     assert!(
         took < Duration::from_secs(5),
         "flush_timeout bounds the wait for the hung collector: {took:?}"
