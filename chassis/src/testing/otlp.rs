@@ -200,9 +200,14 @@ async fn export(State(received): State<Arc<Received>>, body: Bytes) -> axum::res
     }
     received.spans.lock().unwrap_or_else(|e| e.into_inner()).extend(spans);
     received.arrived.notify_waiters();
+    accepted(ExportTraceServiceResponse { partial_success: None })
+}
+
+/// The collector's answer: everything was taken.
+fn accepted(response: impl prost::Message) -> axum::response::Response {
     (
         [(header::CONTENT_TYPE, "application/x-protobuf")],
-        ExportTraceServiceResponse { partial_success: None }.encode_to_vec(),
+        response.encode_to_vec(),
     )
         .into_response()
 }
@@ -237,11 +242,7 @@ async fn export_logs(State(received): State<Arc<Received>>, body: Bytes) -> axum
     }
     received.logs.lock().unwrap_or_else(|e| e.into_inner()).extend(logs);
     received.arrived.notify_waiters();
-    (
-        [(header::CONTENT_TYPE, "application/x-protobuf")],
-        ExportLogsServiceResponse { partial_success: None }.encode_to_vec(),
-    )
-        .into_response()
+    accepted(ExportLogsServiceResponse { partial_success: None })
 }
 
 fn rendered(attributes: &[KeyValue]) -> BTreeMap<String, String> {
