@@ -14,8 +14,9 @@ use super::batch::{BatchProcessor, Export, LOG_RECORDS_TOTAL, on_export_thread};
 pub(crate) type Record = (SdkLogRecord, InstrumentationScope);
 
 /// Targets whose events are not exported: the HTTP and gRPC clients the exporters themselves
-/// run on, whose every request would log again (and the SDK's own diagnostics).
-const NOT_EXPORTED: [&str; 6] = ["hyper", "reqwest", "h2", "tonic", "tower", "opentelemetry"];
+/// run on (on threads of their own), whose every export would log again, and the SDK's own
+/// diagnostics.
+const NOT_EXPORTED: [&str; 7] = ["hyper", "reqwest", "h2", "tonic", "tower", "rustls", "opentelemetry"];
 
 /// Log records, through a log exporter.
 pub(crate) struct Logs<E>(pub(crate) E);
