@@ -42,14 +42,34 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         // An OTLP/HTTP endpoint that accepts and drops every export, for runs of the chassis
-        // with span export on (`APP__TELEMETRY__OTLP__ENDPOINT=http://127.0.0.1:4318`).
+        // with span export on (`APP__TELEMETRY__OTLP__ENDPOINT=http://127.0.0.1:4318`). At
+        // SIGTERM it prints how many spans it received, to compare with the requests served.
         "otlp-sink" => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             runtime.block_on(async move {
+                use std::sync::atomic::{AtomicU64, Ordering};
+                static SPANS: AtomicU64 = AtomicU64::new(0);
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
-                let sink =
-                    axum::Router::new().route("/v1/traces", axum::routing::post(|_: axum::body::Bytes| async {}));
-                axum::serve(listener, sink).await.expect("serve");
+                let traces = |body: axum::body::Bytes| async move {
+                    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+                    use prost::Message as _;
+                    if let Ok(request) = ExportTraceServiceRequest::decode(body) {
+                        let spans = request.resource_spans.iter().flat_map(|r| &r.scope_spans);
+                        SPANS.fetch_add(spans.map(|s| s.spans.len() as u64).sum(), Ordering::Relaxed);
+                    }
+                };
+                let sink = axum::Router::new()
+                    .route("/v1/traces", axum::routing::post(traces))
+                    .route("/v1/logs", axum::routing::post(|_: axum::body::Bytes| async {}));
+                let mut terminate =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+                axum::serve(listener, sink)
+                    .with_graceful_shutdown(async move {
+                        terminate.recv().await;
+                    })
+                    .await
+                    .expect("serve");
+                eprintln!("otlp-sink received {} spans", SPANS.load(Ordering::Relaxed));
             });
             ExitCode::SUCCESS
         }

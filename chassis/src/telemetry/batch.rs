@@ -5,7 +5,7 @@
 //! failed (at most every 30 s), and flushes within a deadline.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -73,8 +73,10 @@ impl<E: SpanExporter + 'static> Export for Spans<E> {
     }
 }
 
-enum Item<T> {
-    One(Box<T>),
+/// What the worker is asked to do, apart from the items it drains from the queue itself.
+enum Control {
+    /// A batch's worth is queued: export it now rather than at the next tick.
+    Full,
     Resource(Box<opentelemetry_sdk::Resource>),
     Flush(SyncSender<()>),
     Shutdown(SyncSender<()>),
@@ -90,17 +92,34 @@ pub(crate) fn on_export_thread() -> bool {
     EXPORTING.with(std::cell::Cell::get)
 }
 
+/// The queue between the threads that end spans (or log) and the worker.
+///
+/// Items and orders travel apart: the worker waits on `control` only and takes items with
+/// `try_recv`, so queueing an item never wakes it (a wake is a system call on the request's
+/// thread); it is told once per batch's worth ([`Control::Full`]) and otherwise looks at its
+/// own tick.
+struct Queue<T> {
+    items: SyncSender<T>,
+    control: SyncSender<Control>,
+    /// Items queued and not yet taken by the worker.
+    queued: AtomicUsize,
+    /// A [`Control::Full`] is on its way or not yet acted on.
+    full_sent: AtomicBool,
+    batch_size: usize,
+    /// Set when an item is dropped; the worker logs it.
+    dropping: AtomicBool,
+    total: &'static str,
+}
+
 /// The processor of one signal; see the module docs.
 pub(crate) struct BatchProcessor<T> {
-    queue: SyncSender<Item<T>>,
-    dropping: Arc<AtomicBool>,
-    total: &'static str,
+    queue: Arc<Queue<T>>,
 }
 
 impl<T> std::fmt::Debug for BatchProcessor<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchProcessor")
-            .field("total", &self.total)
+            .field("total", &self.queue.total)
             .finish_non_exhaustive()
     }
 }
@@ -109,16 +128,26 @@ impl<T: Send + 'static> BatchProcessor<T> {
     /// Exports with `exporter` as `config` says (`batch_delay`, `max_batch_size`,
     /// `max_queue_size`); `endpoint` names the collector in log lines.
     pub(crate) fn new<E: Export<Item = T>>(exporter: E, endpoint: String, config: &super::OtlpConfig) -> Self {
-        // The worker holds the batch it is building: the channel holds the rest of the queue.
-        let (queue, items) = sync_channel(config.max_queue_size.saturating_sub(config.max_batch_size).max(1));
-        let dropping = Arc::new(AtomicBool::new(false));
+        let batch_size = config.max_batch_size.max(1);
+        // The worker holds the batch it is exporting: the channel holds the rest of the queue.
+        let (items, received) = sync_channel(config.max_queue_size.saturating_sub(batch_size).max(1));
+        let (control, orders) = sync_channel(16);
+        let queue = Arc::new(Queue {
+            items,
+            control,
+            queued: AtomicUsize::new(0),
+            full_sent: AtomicBool::new(false),
+            batch_size,
+            dropping: AtomicBool::new(false),
+            total: E::TOTAL,
+        });
         let worker = Worker {
             exporter,
             endpoint,
-            batch_size: config.max_batch_size.max(1),
+            items: received,
+            queue: queue.clone(),
             delay: config.batch_delay,
             queue_size: config.max_queue_size,
-            dropping: dropping.clone(),
             dropping_logged: false,
             failures: Failures::default(),
         };
@@ -126,40 +155,50 @@ impl<T: Send + 'static> BatchProcessor<T> {
             .name("otel-export".into())
             .spawn(move || {
                 EXPORTING.with(|exporting| exporting.set(true));
-                worker.run(items)
+                worker.run(orders)
             })
             .expect("a thread for OTLP export");
-        Self {
-            queue,
-            dropping,
-            total: E::TOTAL,
-        }
+        Self { queue }
     }
 
     /// Queues `item` for export, or counts it dropped when the queue is full.
     pub(crate) fn enqueue(&self, item: T) {
-        match self.queue.try_send(Item::One(Box::new(item))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                metrics::counter!(self.total, "outcome" => "dropped").increment(1);
-                // Logged by the worker: logging here, inside the subscriber, would re-enter it.
-                self.dropping.store(true, Ordering::Relaxed);
+        let queue = &*self.queue;
+        // Counted before it is sent, so that the worker, which counts what it takes, never
+        // counts below zero.
+        let queued = queue.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        match queue.items.try_send(item) {
+            Ok(()) => {
+                if queued >= queue.batch_size
+                    && !queue.full_sent.swap(true, Ordering::AcqRel)
+                    && queue.control.try_send(Control::Full).is_err()
+                {
+                    // Orders are backed up: the next item asks again.
+                    queue.full_sent.store(false, Ordering::Release);
+                }
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(error) => {
+                queue.queued.fetch_sub(1, Ordering::Relaxed);
+                if let TrySendError::Full(_) = error {
+                    metrics::counter!(queue.total, "outcome" => "dropped").increment(1);
+                    // Logged by the worker: logging here, inside the subscriber, would re-enter it.
+                    queue.dropping.store(true, Ordering::Relaxed);
+                }
+            }
         }
     }
 
-    /// Asks the worker to do `item`'s job and waits for it, at most `within`.
-    fn ask(&self, item: impl FnOnce(SyncSender<()>) -> Item<T>, within: Duration) -> OTelSdkResult {
+    /// Asks the worker to do `order`'s job and waits for it, at most `within`.
+    fn ask(&self, order: impl FnOnce(SyncSender<()>) -> Control, within: Duration) -> OTelSdkResult {
         let (done, waited) = sync_channel(1);
         let deadline = Instant::now() + within;
-        let mut item = item(done);
-        // The queue may be full: keep offering until the deadline.
+        let mut order = order(done);
+        // The worker may be busy exporting: keep offering until the deadline.
         loop {
-            match self.queue.try_send(item) {
+            match self.queue.control.try_send(order) {
                 Ok(()) => break,
                 Err(TrySendError::Full(back)) if Instant::now() < deadline => {
-                    item = back;
+                    order = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(TrySendError::Full(_)) => return Err(OTelSdkError::Timeout(within)),
@@ -175,17 +214,17 @@ impl<T: Send + 'static> BatchProcessor<T> {
 
     /// Exports what is queued, waiting at most `within`.
     pub(crate) fn flush_within(&self, within: Duration) -> OTelSdkResult {
-        self.ask(Item::Flush, within)
+        self.ask(Control::Flush, within)
     }
 
     /// Exports what is queued and stops the worker, waiting at most `within`.
     pub(crate) fn shutdown_within(&self, within: Duration) -> OTelSdkResult {
-        self.ask(Item::Shutdown, within)
+        self.ask(Control::Shutdown, within)
     }
 
     /// Hands the exporter the resource, before any item: the provider sets it as it is built.
     pub(crate) fn set_resource(&self, resource: &opentelemetry_sdk::Resource) {
-        let _ = self.queue.send(Item::Resource(Box::new(resource.clone())));
+        let _ = self.queue.control.send(Control::Resource(Box::new(resource.clone())));
     }
 }
 
@@ -223,51 +262,45 @@ struct Failures {
     logged_at: Option<Instant>,
 }
 
-struct Worker<E> {
+struct Worker<E: Export> {
     exporter: E,
     endpoint: String,
-    batch_size: usize,
+    items: Receiver<E::Item>,
+    queue: Arc<Queue<E::Item>>,
     delay: Duration,
     queue_size: usize,
-    /// Set by `on_end` when it drops a span.
-    dropping: Arc<AtomicBool>,
     /// Whether this stretch of dropping was logged.
     dropping_logged: bool,
     failures: Failures,
 }
 
 impl<E: Export> Worker<E> {
-    fn run(mut self, items: Receiver<Item<E::Item>>) {
-        let mut batch = Vec::with_capacity(self.batch_size);
+    fn run(mut self, orders: Receiver<Control>) {
         let mut deadline = Instant::now() + self.delay;
         loop {
             self.log_dropping();
-            let item = items.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-            match item {
-                Ok(Item::One(item)) => {
-                    batch.push(*item);
-                    if batch.len() >= self.batch_size {
-                        self.export(&mut batch);
-                        deadline = Instant::now() + self.delay;
-                    }
+            match orders.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Control::Full) => {
+                    self.drain();
+                    deadline = Instant::now() + self.delay;
                 }
-                Ok(Item::Resource(resource)) => self.exporter.set_resource(&resource),
-                Ok(Item::Flush(done)) => {
-                    self.drain(&items, &mut batch);
+                Ok(Control::Resource(resource)) => self.exporter.set_resource(&resource),
+                Ok(Control::Flush(done)) => {
+                    self.drain();
                     let _ = done.send(());
                 }
-                Ok(Item::Shutdown(done)) => {
-                    self.drain(&items, &mut batch);
+                Ok(Control::Shutdown(done)) => {
+                    self.drain();
                     self.exporter.shutdown();
                     let _ = done.send(());
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    self.export(&mut batch);
+                    self.drain();
                     deadline = Instant::now() + self.delay;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.export(&mut batch);
+                    self.drain();
                     return;
                 }
             }
@@ -276,7 +309,7 @@ impl<E: Export> Worker<E> {
 
     /// Says once per stretch of dropping that items are dropped.
     fn log_dropping(&mut self) {
-        if self.dropping.load(Ordering::Relaxed) && !self.dropping_logged {
+        if self.queue.dropping.load(Ordering::Relaxed) && !self.dropping_logged {
             tracing::warn!(
                 max_queue_size = self.queue_size,
                 "{} are dropped: they come faster than the collector takes them \
@@ -289,35 +322,32 @@ impl<E: Export> Worker<E> {
         }
     }
 
-    /// Exports everything queued so far.
-    fn drain(&mut self, items: &Receiver<Item<E::Item>>, batch: &mut Vec<E::Item>) {
-        while let Ok(item) = items.try_recv() {
-            match item {
-                Item::One(item) => {
-                    batch.push(*item);
-                    if batch.len() >= self.batch_size {
-                        self.export(batch);
-                    }
-                }
-                Item::Resource(resource) => self.exporter.set_resource(&resource),
-                Item::Flush(done) | Item::Shutdown(done) => {
-                    let _ = done.send(());
-                }
+    /// Exports everything queued so far, a batch at a time.
+    fn drain(&mut self) {
+        // Reset first: items queued from here on signal a full batch again.
+        self.queue.full_sent.store(false, Ordering::Release);
+        let batch_size = self.queue.batch_size;
+        loop {
+            let batch: Vec<E::Item> = self.items.try_iter().take(batch_size).collect();
+            if batch.is_empty() {
+                return;
+            }
+            self.queue.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            let last = batch.len() < batch_size;
+            self.export(batch);
+            if last {
+                return;
             }
         }
-        self.export(batch);
     }
 
-    fn export(&mut self, batch: &mut Vec<E::Item>) {
-        if batch.is_empty() {
-            return;
-        }
+    fn export(&mut self, batch: Vec<E::Item>) {
         let count = batch.len() as u64;
-        let result = self.exporter.export(std::mem::take(batch));
+        let result = self.exporter.export(batch);
         match result {
             Ok(()) => {
                 metrics::counter!(E::TOTAL, "outcome" => "exported").increment(count);
-                self.dropping.store(false, Ordering::Relaxed);
+                self.queue.dropping.store(false, Ordering::Relaxed);
                 self.dropping_logged = false;
                 if self.failures.lost > 0 {
                     tracing::info!(endpoint = %self.endpoint, "OTLP export of {} works again", E::NOUN);
@@ -342,5 +372,81 @@ impl<E: Export> Worker<E> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records the size of each batch it is handed.
+    struct Sizes(Arc<Mutex<Vec<usize>>>);
+
+    impl Export for Sizes {
+        type Item = u32;
+        const NOUN: &'static str = "items";
+        const TOTAL: &'static str = "test_items_total";
+        const WHEN_DROPPING: &'static str = "";
+
+        fn export(&mut self, batch: Vec<u32>) -> OTelSdkResult {
+            self.0.lock().unwrap().push(batch.len());
+            Ok(())
+        }
+
+        fn set_resource(&mut self, _: &opentelemetry_sdk::Resource) {}
+
+        fn shutdown(&mut self) {}
+    }
+
+    #[test]
+    fn a_full_batch_goes_out_at_once_and_a_partial_one_waits_for_the_tick_or_a_flush() {
+        let config = super::super::OtlpConfig {
+            batch_delay: Duration::from_secs(3600),
+            max_batch_size: 4,
+            max_queue_size: 16,
+            ..Default::default()
+        };
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let processor = BatchProcessor::new(Sizes(sizes.clone()), "test".into(), &config);
+
+        (0..4).for_each(|n| processor.enqueue(n));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sizes.lock().unwrap().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "a full batch is exported without waiting for the tick"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(*sizes.lock().unwrap(), [4]);
+
+        (4..6).for_each(|n| processor.enqueue(n));
+        assert_eq!(
+            processor.queue.queued.load(Ordering::Relaxed),
+            2,
+            "half a batch does not wake the worker"
+        );
+        processor.flush_within(Duration::from_secs(10)).unwrap();
+        assert_eq!(*sizes.lock().unwrap(), [4, 2]);
+        assert_eq!(processor.queue.queued.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn items_beyond_the_queue_are_dropped_and_said_so() {
+        let config = super::super::OtlpConfig {
+            batch_delay: Duration::from_secs(3600),
+            max_batch_size: 100,
+            max_queue_size: 104,
+            ..Default::default()
+        };
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let processor = BatchProcessor::new(Sizes(sizes.clone()), "test".into(), &config);
+        // The channel holds the queue less the batch the worker is exporting: 4 here.
+        (0..10).for_each(|n| processor.enqueue(n));
+        assert!(processor.queue.dropping.load(Ordering::Relaxed));
+        processor.flush_within(Duration::from_secs(10)).unwrap();
+        assert_eq!(*sizes.lock().unwrap(), [4]);
     }
 }
