@@ -94,7 +94,7 @@ impl Relay {
         let name = format!("{RELAY_APPLICATION_NAME} {}", self.origin);
         let options = self.pool.connect_options().as_ref().clone().application_name(&name);
         let mut session = PgConnection::connect_with(&options).await?;
-        // One leader per origin, for as long as this session lives.
+        // One leader per origin, for as long as this connection to PostgreSQL stays open.
         let leader: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('chassis_outbox_relay'), hashtext($1))")
                 .bind(&*self.origin)

@@ -111,9 +111,18 @@ struct Queue<T> {
     total: &'static str,
 }
 
-/// The processor of one signal; see the module docs.
+/// The processor of one signal; see the module docs. Cheap to clone: the provider that feeds
+/// it and the telemetry guard that flushes it at shutdown share one queue and one worker.
 pub(crate) struct BatchProcessor<T> {
     queue: Arc<Queue<T>>,
+}
+
+impl<T> Clone for BatchProcessor<T> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
 }
 
 impl<T> std::fmt::Debug for BatchProcessor<T> {
@@ -223,35 +232,30 @@ impl<T: Send + 'static> BatchProcessor<T> {
     }
 
     /// Hands the exporter the resource, before any item: the provider sets it as it is built.
-    pub(crate) fn set_resource(&self, resource: &opentelemetry_sdk::Resource) {
+    pub(crate) fn hand_resource(&self, resource: &opentelemetry_sdk::Resource) {
         let _ = self.queue.control.send(Control::Resource(Box::new(resource.clone())));
     }
 }
 
-/// The span processor the tracer provider runs, shared with the telemetry guard that flushes it
-/// at shutdown.
-#[derive(Debug)]
-pub(crate) struct Shared(pub(crate) Arc<BatchProcessor<SpanData>>);
-
-impl SpanProcessor for Shared {
+impl SpanProcessor for BatchProcessor<SpanData> {
     fn on_start(&self, _: &mut Span, _: &Context) {}
 
     fn on_end(&self, span: SpanData) {
         if span.span_context.is_sampled() {
-            self.0.enqueue(span);
+            self.enqueue(span);
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.0.flush_within(Duration::from_secs(5))
+        self.flush_within(Duration::from_secs(5))
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_within(timeout)
+        self.shutdown_within(timeout)
     }
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        self.0.set_resource(resource);
+        self.hand_resource(resource);
     }
 }
 
@@ -400,14 +404,19 @@ mod tests {
         fn shutdown(&mut self) {}
     }
 
+    /// Batches of `batch` in a queue of `queue`, exported only when full or flushed.
+    fn config(batch: usize, queue: usize) -> super::super::OtlpConfig {
+        super::super::OtlpConfig {
+            batch_delay: Duration::from_secs(3600),
+            max_batch_size: batch,
+            max_queue_size: queue,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn a_full_batch_goes_out_at_once_and_a_partial_one_waits_for_the_tick_or_a_flush() {
-        let config = super::super::OtlpConfig {
-            batch_delay: Duration::from_secs(3600),
-            max_batch_size: 4,
-            max_queue_size: 16,
-            ..Default::default()
-        };
+        let config = config(4, 16);
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let processor = BatchProcessor::new(Sizes(sizes.clone()), "test".into(), &config);
 
@@ -435,12 +444,7 @@ mod tests {
 
     #[test]
     fn items_beyond_the_queue_are_dropped_and_said_so() {
-        let config = super::super::OtlpConfig {
-            batch_delay: Duration::from_secs(3600),
-            max_batch_size: 100,
-            max_queue_size: 104,
-            ..Default::default()
-        };
+        let config = config(100, 104);
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let processor = BatchProcessor::new(Sizes(sizes.clone()), "test".into(), &config);
         // The channel holds the queue less the batch the worker is exporting: 4 here.

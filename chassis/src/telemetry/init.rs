@@ -48,11 +48,10 @@ pub struct TelemetryGuard {
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// Its batch processor, when it exports.
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
-static BATCH: OnceLock<std::sync::Arc<super::batch::BatchProcessor<opentelemetry_sdk::trace::SpanData>>> =
-    OnceLock::new();
+static BATCH: OnceLock<super::batch::BatchProcessor<opentelemetry_sdk::trace::SpanData>> = OnceLock::new();
 /// The log records' batch processor, when they are exported.
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
-static LOG_BATCH: OnceLock<std::sync::Arc<super::batch::BatchProcessor<super::log_export::Record>>> = OnceLock::new();
+static LOG_BATCH: OnceLock<super::batch::BatchProcessor<super::log_export::Record>> = OnceLock::new();
 
 impl TelemetryGuard {
     /// A guard that owns nothing (telemetry was initialized elsewhere).
@@ -309,15 +308,11 @@ fn log_bridge(
         .endpoint
         .clone()
         .unwrap_or_else(|| "the endpoint of OTEL_EXPORTER_OTLP_*".into());
-    let batch = std::sync::Arc::new(super::batch::BatchProcessor::new(
-        super::log_export::Logs(exporter),
-        endpoint,
-        &config.otlp,
-    ));
+    let batch = super::batch::BatchProcessor::new(super::log_export::Logs(exporter), endpoint, &config.otlp);
     let _ = LOG_BATCH.set(batch.clone());
     let provider = opentelemetry_sdk::logs::SdkLoggerProvider::builder()
         .with_resource(resource)
-        .with_log_processor(super::log_export::SharedLogs(batch))
+        .with_log_processor(batch)
         .build();
     Ok(Some(
         opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(&provider),
@@ -345,9 +340,9 @@ fn build_provider(resource: Resource, config: &TelemetryConfig) -> Result<(SdkTr
             .endpoint
             .clone()
             .unwrap_or_else(|| "the endpoint of OTEL_EXPORTER_OTLP_*".into());
-        let batch = std::sync::Arc::new(super::batch::BatchProcessor::new(exporter, endpoint, &config.otlp));
+        let batch = super::batch::BatchProcessor::new(exporter, endpoint, &config.otlp);
         let _ = BATCH.set(batch.clone());
-        Ok((builder.with_span_processor(super::batch::Shared(batch)).build(), true))
+        Ok((builder.with_span_processor(batch).build(), true))
     }
     #[cfg(not(any(feature = "otlp-http", feature = "otlp-grpc")))]
     Err(TelemetryError::Exporter {

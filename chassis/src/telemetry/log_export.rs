@@ -1,7 +1,6 @@
 //! OTLP export of log records: the service's `tracing` events, as the log filter lets them
 //! through, with the trace and span ids of where they were logged.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::InstrumentationScope;
@@ -41,47 +40,41 @@ impl<E: LogExporter + 'static> Export for Logs<E> {
     }
 }
 
-/// The log processor the logger provider runs, shared with the telemetry guard that flushes it
-/// at shutdown.
-#[derive(Debug)]
-pub(crate) struct SharedLogs(pub(crate) Arc<BatchProcessor<Record>>);
-
-impl SharedLogs {
-    fn exported(target: &str) -> bool {
-        !NOT_EXPORTED.iter().any(|prefix| {
-            target
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::") || rest.starts_with('_'))
-        })
-    }
+/// Whether events of `target` are exported (see [`NOT_EXPORTED`]).
+fn exported(target: &str) -> bool {
+    !NOT_EXPORTED.iter().any(|prefix| {
+        target
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::") || rest.starts_with('_'))
+    })
 }
 
-impl LogProcessor for SharedLogs {
+impl LogProcessor for BatchProcessor<Record> {
     fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
         // What the export threads log (a failed export) stays in the service's own log: exported,
         // a failing collector would be asked to take the news of its own failure.
-        if on_export_thread() || record.target().is_some_and(|target| !Self::exported(target)) {
+        if on_export_thread() || record.target().is_some_and(|target| !exported(target)) {
             return;
         }
-        self.0.enqueue((record.clone(), scope.clone()));
+        self.enqueue((record.clone(), scope.clone()));
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.0.flush_within(Duration::from_secs(5))
+        self.flush_within(Duration::from_secs(5))
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_within(timeout)
+        self.shutdown_within(timeout)
     }
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        self.0.set_resource(resource);
+        self.hand_resource(resource);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::SharedLogs;
+    use super::exported;
 
     #[test]
     fn the_exporters_own_clients_are_not_exported() {
@@ -92,10 +85,10 @@ mod tests {
             "h2::codec",
             "opentelemetry_sdk",
         ] {
-            assert!(!SharedLogs::exported(target), "{target}");
+            assert!(!exported(target), "{target}");
         }
         for target in ["shop_orders", "chassis::runtime", "hyperloop", "towers"] {
-            assert!(SharedLogs::exported(target), "{target}");
+            assert!(exported(target), "{target}");
         }
     }
 }

@@ -138,19 +138,7 @@ impl OtlpReceiver {
     ///
     /// When no such record arrives in time, listing the records that did.
     pub async fn wait_for_log(&self, predicate: impl Fn(&ReceivedLog) -> bool) -> ReceivedLog {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let arrived = self.received.arrived.notified();
-            if let Some(log) = self.logs().into_iter().find(|l| predicate(l)) {
-                return log;
-            }
-            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                panic!(
-                    "no matching log record arrived within 10s; received: {:#?}",
-                    self.logs()
-                );
-            }
-        }
+        self.wait("log record", Self::logs, predicate).await
     }
 
     /// Waits (up to 10 s of real time: the exporter batches) for a span matching `predicate`.
@@ -159,14 +147,25 @@ impl OtlpReceiver {
     ///
     /// When no such span arrives in time, listing the spans that did.
     pub async fn wait_for(&self, predicate: impl Fn(&ReceivedSpan) -> bool) -> ReceivedSpan {
+        self.wait("span", Self::spans, predicate).await
+    }
+
+    /// Waits up to 10 s for an item of `received` (a snapshot of spans or of log records)
+    /// matching `predicate`; `what` names them in the panic.
+    async fn wait<T: std::fmt::Debug>(
+        &self,
+        what: &str,
+        received: fn(&Self) -> Vec<T>,
+        predicate: impl Fn(&T) -> bool,
+    ) -> T {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let arrived = self.received.arrived.notified();
-            if let Some(span) = self.spans().into_iter().find(|s| predicate(s)) {
-                return span;
+            if let Some(item) = received(self).into_iter().find(|item| predicate(item)) {
+                return item;
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                panic!("no matching span arrived within 10s; received: {:#?}", self.spans());
+                panic!("no matching {what} arrived within 10s; received: {:#?}", received(self));
             }
         }
     }
