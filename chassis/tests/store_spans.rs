@@ -68,7 +68,7 @@ async fn store_and_relay_calls_are_spans_in_the_request_trace() {
         return;
     };
     PostgresStore::from_pool(pool.clone()).migrate().await.unwrap();
-    // A pool whose sessions cannot see the chassis' tables: every statement fails with 42P01.
+    // A pool whose connections cannot see the chassis' tables: every statement fails with 42P01.
     let lost = PgPool::connect(&format!("{}?options=-csearch_path%3Dno_such_schema", postgres_url()))
         .await
         .unwrap();
