@@ -133,7 +133,8 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
         (!letters.is_empty()).then_some(())
     })
     .await;
-    // Stopping flushes the batch.
+    let scraped = client.get(&metrics).send().await.unwrap().text().await.unwrap();
+    // Stopping flushes the batch and exports a last collection of the metrics.
     service.stop().await;
 
     // The handler's log line, exported as a log record in the request's trace.
@@ -223,6 +224,66 @@ async fn request_spans_are_exported_with_the_incoming_parent_and_the_route_as_na
     assert_eq!(process.attribute_types["messaging.message.delivery_count"], "int");
     let publish = receiver.wait_for(|s| s.name == "publish test.doomed").await;
     assert_eq!(publish.attributes["messaging.operation.type"], "send");
+
+    // Metrics: the same series as /metrics, under the conventions' names and types.
+    let duration = receiver
+        .wait_for_metric(|m| {
+            m.name == "http.server.request.duration"
+                && m.attributes.get("http.route").is_some_and(|r| r == "/users/{id}")
+        })
+        .await;
+    assert_eq!(duration.kind, "histogram");
+    assert_eq!(duration.unit, "s");
+    assert_eq!(duration.bounds, chassis::metrics::DEFAULT_DURATION_BUCKETS);
+    assert_eq!(duration.attributes["http.request.method"], "GET");
+    assert_eq!(duration.attributes["http.response.status_code"], "200");
+    assert_eq!(duration.attribute_types["http.response.status_code"], "int");
+    assert_eq!(duration.resource["service.name"], "otlp-test");
+    assert_eq!(
+        duration.resource["service.instance.id"], logged.resource["service.instance.id"],
+        "one resource for every signal"
+    );
+    let scraped_count = scraped
+        .lines()
+        .find(|l| {
+            l.starts_with("http_server_request_duration_seconds_count{") && l.contains("http_route=\"/users/{id}\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .expect("the route's count on /metrics");
+    assert_eq!(
+        duration.count, scraped_count,
+        "OTLP and /metrics count the same requests"
+    );
+    let abandoned = receiver
+        .wait_for_metric(|m| {
+            m.name == "http.server.request.duration" && m.attributes.get("http.route").is_some_and(|r| r == "/slow")
+        })
+        .await;
+    assert_eq!(abandoned.attributes["error.type"], "client_closed");
+    assert!(!abandoned.attributes.contains_key("http.response.status_code"));
+    let active = receiver
+        .wait_for_metric(|m| m.name == "http.server.active_requests")
+        .await;
+    assert_eq!(
+        (active.kind, active.monotonic, active.unit.as_str()),
+        ("sum", false, "{request}")
+    );
+    let consumed = receiver
+        .wait_for_metric(|m| m.name == "chassis_messages_dead_lettered")
+        .await;
+    assert_eq!(
+        (consumed.kind, consumed.monotonic),
+        ("sum", true),
+        "a counter: {consumed:?}"
+    );
+    assert_eq!(consumed.value, 1.0);
+    let cpu = receiver.wait_for_metric(|m| m.name == "process.cpu.time").await;
+    assert_eq!((cpu.kind, cpu.monotonic, cpu.unit.as_str()), ("sum", true, "s"));
+    assert!(cpu.value > 0.0, "{cpu:?}");
+    let workers = receiver.wait_for_metric(|m| m.name == "tokio_workers").await;
+    assert_eq!((workers.kind, workers.value), ("gauge", 2.0));
+    let build = receiver.wait_for_metric(|m| m.name == "chassis_build_info").await;
+    assert_eq!(build.attributes["service"], "otlp-test");
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

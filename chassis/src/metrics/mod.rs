@@ -16,7 +16,10 @@
 //! | `process_*` | see the `metrics-process` crate | |
 
 pub mod http_metrics;
+#[cfg_attr(not(any(feature = "otlp-http", feature = "otlp-grpc")), allow(dead_code))]
+mod otel;
 mod process;
+mod recorder;
 mod runtime;
 
 use std::sync::OnceLock;
@@ -107,11 +110,16 @@ pub enum MetricsError {
     Buckets(String),
 }
 
+/// A metric read when it is collected rather than recorded as things happen: name, type
+/// (`counter` or `gauge`), help text, value.
+type Reading = (&'static str, &'static str, &'static str, f64);
+
 /// Renders the Prometheus exposition of everything recorded in this process.
 #[derive(Clone)]
 pub struct MetricsHandle {
     prometheus: PrometheusHandle,
     process: bool,
+    duration_buckets: std::sync::Arc<[f64]>,
     hooks: std::sync::Arc<std::sync::Mutex<Vec<ScrapeHook>>>,
 }
 
@@ -139,12 +147,47 @@ impl MetricsHandle {
             .push(Box::new(hook));
     }
 
-    /// The text exposition format (version 0.0.4): what the service recorded, the process
-    /// (`process_*`, with `metrics.process`) and the tokio runtime it runs on (`tokio_*`).
-    pub fn render(&self) -> String {
+    /// Runs the [`on_scrape`](Self::on_scrape) hooks: before a scrape, and before each
+    /// collection for OTLP export.
+    pub(crate) fn run_hooks(&self) {
         for hook in self.hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             hook();
         }
+    }
+
+    /// Sends everything recorded from now on to OpenTelemetry instruments of `meter` too (OTLP
+    /// export, next to `/metrics`), with the process and runtime metrics of `runtime` observed
+    /// at each collection. The first call in a process wins; `false` for the others.
+    ///
+    /// The runtime calls it before the service takes requests: series whose handles were
+    /// registered earlier and kept stay on `/metrics` only.
+    #[cfg_attr(not(any(feature = "otlp-http", feature = "otlp-grpc")), allow(dead_code))]
+    pub(crate) fn export_to(
+        &self,
+        meter: opentelemetry::metrics::Meter,
+        runtime: Option<tokio::runtime::Handle>,
+        service: &ServiceConfig,
+    ) -> bool {
+        let Some(recorder) = RECORDER.get() else {
+            return false;
+        };
+        let attached = recorder.attach(otel::Instruments::new(
+            meter,
+            self.duration_buckets.to_vec(),
+            self.process,
+            runtime,
+        ));
+        if attached {
+            // Registered before the export was: once more, so that it is exported too.
+            record_build_info(service);
+        }
+        attached
+    }
+
+    /// The text exposition format (version 0.0.4): what the service recorded, the process
+    /// (`process_*`, with `metrics.process`) and the tokio runtime it runs on (`tokio_*`).
+    pub fn render(&self) -> String {
+        self.run_hooks();
         // Rendering folds in the histogram samples recorded since the last upkeep.
         let mut text = self.prometheus.render();
         if self.process {
@@ -156,6 +199,8 @@ impl MetricsHandle {
 }
 
 static INSTALLED: OnceLock<MetricsHandle> = OnceLock::new();
+/// The process' global recorder, once installed.
+static RECORDER: OnceLock<recorder::ChassisRecorder> = OnceLock::new();
 
 /// Installs the Prometheus recorder as the global [`metrics`] recorder and records
 /// `chassis_build_info`. The first call configures the recorder; later calls in the same process
@@ -178,17 +223,27 @@ pub fn install(config: &MetricsConfig, service: &ServiceConfig) -> Result<Metric
                 .map_err(|e| MetricsError::Buckets(e.to_string()))?
                 .build_recorder();
             let prometheus = recorder.handle();
-            metrics::set_global_recorder(recorder).map_err(|_| MetricsError::RecorderTaken)?;
+            if RECORDER.set(recorder::ChassisRecorder::new(recorder)).is_err() {
+                return Err(MetricsError::RecorderTaken);
+            }
+            let ours = RECORDER.get().expect("set just above");
+            metrics::set_global_recorder(ours).map_err(|_| MetricsError::RecorderTaken)?;
             spawn_upkeep(prometheus.clone(), config.upkeep_interval);
             describe();
             let handle = MetricsHandle {
                 prometheus,
                 process: config.process,
+                duration_buckets: config.duration_buckets.clone().into(),
                 hooks: Default::default(),
             };
             INSTALLED.get_or_init(|| handle).clone()
         }
     };
+    record_build_info(service);
+    Ok(handle)
+}
+
+fn record_build_info(service: &ServiceConfig) {
     metrics::gauge!(
         BUILD_INFO,
         "service" => service.name.clone(),
@@ -196,7 +251,6 @@ pub fn install(config: &MetricsConfig, service: &ServiceConfig) -> Result<Metric
         "chassis_version" => env!("CARGO_PKG_VERSION"),
     )
     .set(1.0);
-    Ok(handle)
 }
 
 /// Name of the thread that folds histogram samples into buckets between scrapes.

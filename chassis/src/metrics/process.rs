@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use super::Reading;
+
 /// The clock ticks per second of `/proc/self/stat` (`USER_HZ`): 100 on every Linux platform.
 const TICKS_PER_SECOND: f64 = 100.0;
 
@@ -30,10 +32,9 @@ fn number(value: f64) -> String {
     }
 }
 
-type Metric = (&'static str, &'static str, &'static str, f64);
-
+/// The process metrics; `None` where `/proc` cannot be read.
 #[cfg(target_os = "linux")]
-fn read() -> Option<Vec<Metric>> {
+pub(super) fn read() -> Option<Vec<Reading>> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name may hold spaces: the fields that follow start after its `)`.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -114,7 +115,7 @@ fn read() -> Option<Vec<Metric>> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn read() -> Option<Vec<Metric>> {
+pub(super) fn read() -> Option<Vec<Reading>> {
     None
 }
 

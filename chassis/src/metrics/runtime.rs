@@ -3,20 +3,30 @@
 
 use std::fmt::Write as _;
 
+use super::Reading;
+
 /// The runtime metrics of the runtime the scrape runs on, as exposition text; empty outside a
 /// tokio runtime.
 pub(crate) fn render() -> String {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return String::new();
     };
+    let mut text = String::new();
+    for (name, kind, help, value) in read(&runtime) {
+        let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+    }
+    text
+}
+
+/// The metrics of `runtime`.
+pub(super) fn read(runtime: &tokio::runtime::Handle) -> Vec<Reading> {
     let metrics = runtime.metrics();
     let workers = metrics.num_workers();
     let busy: f64 = (0..workers)
         .map(|w| metrics.worker_total_busy_duration(w).as_secs_f64())
         .sum();
     let parks: u64 = (0..workers).map(|w| metrics.worker_park_count(w)).sum();
-    let mut text = String::new();
-    for (name, kind, help, value) in [
+    vec![
         (
             "tokio_workers",
             "gauge",
@@ -47,10 +57,7 @@ pub(crate) fn render() -> String {
             "Times the workers parked for want of work, summed over workers.",
             parks as f64,
         ),
-    ] {
-        let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
-    }
-    text
+    ]
 }
 
 #[cfg(test)]

@@ -303,6 +303,18 @@ where
         true => Some(crate::metrics::install(&chassis.metrics, &chassis.service)?),
         false => None,
     };
+    #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+    if let (Some(handle), Some(export)) = (&metrics, crate::telemetry::metric_export()) {
+        // Before any request: the HTTP metrics keep the handles they register.
+        if handle.export_to(
+            export.meter(),
+            Some(tokio::runtime::Handle::current()),
+            &chassis.service,
+        ) {
+            let hooks = handle.clone();
+            export.before_collection(move || hooks.run_hooks());
+        }
+    }
     let health = HealthRegistry::for_service(chassis.health.clone(), &chassis.service.name, &chassis.service.version);
 
     let (main_listener, http_addr) = bind(chassis.http.addr(), "http", "http.port").await?;

@@ -1,4 +1,4 @@
-//! The batch processor of spans and of log records: they queue up (without blocking the request
+//! The batch processor of spans, log records and metric collections: they queue up (without blocking the request
 //! that made them) and a thread of its own exports them in batches. Unlike the SDK's, it counts
 //! every item it exports, drops or fails to export (`chassis_otel_spans_total{outcome}`,
 //! `chassis_otel_log_records_total{outcome}`), says in the service's own log why an export
@@ -21,6 +21,11 @@ pub const SPANS_TOTAL: &str = "chassis_otel_spans_total";
 /// full) or `failed` (the exporter could not deliver them).
 pub const LOG_RECORDS_TOTAL: &str = "chassis_otel_log_records_total";
 
+/// Metric collections exported over OTLP (one every `telemetry.otlp.metrics_interval`) by what
+/// became of them: `exported`, `dropped` (the previous one was still being exported) or
+/// `failed` (the exporter could not deliver them).
+pub const METRIC_COLLECTIONS_TOTAL: &str = "chassis_otel_metric_collections_total";
+
 pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         SPANS_TOTAL,
@@ -29,6 +34,10 @@ pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         LOG_RECORDS_TOTAL,
         "Log records exported over OTLP by outcome: exported, dropped (the export queue was full), failed (the collector did not take them)."
+    );
+    metrics::describe_counter!(
+        METRIC_COLLECTIONS_TOTAL,
+        "Metric collections exported over OTLP by outcome: exported, dropped (the previous one was still being exported), failed (the collector did not take them)."
     );
 }
 

@@ -98,6 +98,11 @@ impl Validate for TelemetryConfig {
             format!("must be larger than otlp.max_batch_size ({})", self.otlp.max_batch_size),
         );
         problems.check(
+            !self.otlp.metrics_interval.is_zero(),
+            "otlp.metrics_interval",
+            "must be greater than zero, e.g. \"60s\"",
+        );
+        problems.check(
             !self.flush_timeout.is_zero(),
             "flush_timeout",
             "must be greater than zero",
@@ -128,7 +133,7 @@ crate::config::choices! {
     }
 }
 
-/// `[telemetry.otlp]`: where traces and logs go.
+/// `[telemetry.otlp]`: where traces, logs and metrics go.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -159,6 +164,15 @@ pub struct OtlpConfig {
     /// through, with their trace and span ids) to `/v1/logs`, next to the lines on stdout.
     /// Default `true`: with an endpoint set, traces and logs go to the collector.
     pub logs: bool,
+    /// `telemetry.otlp.metrics`: export metrics too (every series of `/metrics`, the process and
+    /// runtime metrics) to `/v1/metrics`; `/metrics` stays. Default `true`: with an endpoint set,
+    /// all three signals go to the collector. Needs `metrics.enabled`.
+    pub metrics: bool,
+    /// `telemetry.otlp.metrics_interval`: how often metrics are collected and exported.
+    /// Default `"60s"` (the OpenTelemetry default); `OTEL_METRIC_EXPORT_INTERVAL`
+    /// (milliseconds), when set, wins.
+    #[serde(with = "crate::config::duration")]
+    pub metrics_interval: Duration,
 }
 
 impl Default for OtlpConfig {
@@ -172,6 +186,8 @@ impl Default for OtlpConfig {
             max_batch_size: 512,
             max_queue_size: 2048,
             logs: true,
+            metrics: true,
+            metrics_interval: Duration::from_secs(60),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The OTLP span and log exporters, over HTTP/protobuf or gRPC as configured.
+//! The OTLP span, log and metric exporters, over HTTP/protobuf or gRPC as configured.
 
 use opentelemetry_otlp::WithExportConfig;
 #[cfg(feature = "otlp-http")]
@@ -13,10 +13,11 @@ fn describe(config: &OtlpConfig) -> String {
         .unwrap_or_else(|| "the endpoint from OTEL_EXPORTER_OTLP_*".into())
 }
 
-/// Builds `$exporter` (`SpanExporter`, `LogExporter`) for `$config`, over HTTP at `$path`: one
-/// body for both signals, whose SDK builders share their methods but no trait.
+/// Builds the exporter that `$builder` (`SpanExporter::builder()`, ...) starts for `$config`,
+/// over HTTP at `$path`: one body for every signal, whose SDK builders share their methods but
+/// no trait.
 macro_rules! build_exporter {
-    ($exporter:ident, $config:expr, $path:literal) => {{
+    ($builder:expr, $config:expr, $path:literal) => {{
         let config: &OtlpConfig = $config;
         let error = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
             endpoint: describe(config),
@@ -25,7 +26,7 @@ macro_rules! build_exporter {
         match config.protocol {
             #[cfg(feature = "otlp-http")]
             OtlpProtocol::HttpProtobuf => {
-                let mut builder = opentelemetry_otlp::$exporter::builder()
+                let mut builder = $builder
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                     .with_timeout(config.timeout)
@@ -49,7 +50,7 @@ macro_rules! build_exporter {
                         metadata.insert(k, v);
                     }
                 }
-                let mut builder = opentelemetry_otlp::$exporter::builder()
+                let mut builder = $builder
                     .with_tonic()
                     .with_timeout(config.timeout)
                     .with_metadata(metadata);
@@ -69,10 +70,22 @@ macro_rules! build_exporter {
 
 /// The span exporter: `/v1/traces` on the configured base URL over HTTP.
 pub(super) fn spans(config: &OtlpConfig) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
-    build_exporter!(SpanExporter, config, "/v1/traces")
+    build_exporter!(opentelemetry_otlp::SpanExporter::builder(), config, "/v1/traces")
 }
 
 /// The log record exporter: `/v1/logs` on the configured base URL over HTTP.
 pub(super) fn logs(config: &OtlpConfig) -> Result<opentelemetry_otlp::LogExporter, TelemetryError> {
-    build_exporter!(LogExporter, config, "/v1/logs")
+    build_exporter!(opentelemetry_otlp::LogExporter::builder(), config, "/v1/logs")
+}
+
+/// The metric exporter: `/v1/metrics` on the configured base URL over HTTP.
+pub(super) fn metrics(
+    config: &OtlpConfig,
+    temporality: opentelemetry_sdk::metrics::Temporality,
+) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
+    build_exporter!(
+        opentelemetry_otlp::MetricExporter::builder().with_temporality(temporality),
+        config,
+        "/v1/metrics"
+    )
 }

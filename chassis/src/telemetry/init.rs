@@ -1,5 +1,5 @@
-//! Installing logs and traces for the process: the subscriber, the tracer provider, the
-//! propagators.
+//! Installing logs, traces and metric export for the process: the subscriber, the tracer and
+//! meter providers, the propagators.
 
 use std::sync::OnceLock;
 
@@ -49,6 +49,9 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// Its batch processor, when it exports.
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 static BATCH: OnceLock<super::batch::BatchProcessor<opentelemetry_sdk::trace::SpanData>> = OnceLock::new();
+/// The metrics' export, when they are exported.
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+static METRICS: OnceLock<super::metric_export::MetricExport> = OnceLock::new();
 /// The log records' batch processor, when they are exported.
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 static LOG_BATCH: OnceLock<super::batch::BatchProcessor<super::log_export::Record>> = OnceLock::new();
@@ -67,9 +70,9 @@ impl TelemetryGuard {
         self.provider.is_some()
     }
 
-    /// Exports the spans and log records still batched, waiting at most
-    /// `telemetry.flush_timeout` for both together: a collector that is down or hangs cannot
-    /// hold the process past its shutdown budget.
+    /// Exports the spans and log records still batched and a last collection of the metrics,
+    /// waiting at most `telemetry.flush_timeout` for all of them together: a collector that is
+    /// down or hangs cannot hold the process past its shutdown budget.
     pub async fn flush(&self) {
         if self.provider.is_none() {
             return;
@@ -77,8 +80,8 @@ impl TelemetryGuard {
         #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
         {
             let within = self.flush_timeout;
-            // Each flush blocks its thread until the exporter answers or the time is up; the
-            // two run side by side.
+            // Each flush blocks its thread until the exporter answers or the time is up; they
+            // run side by side.
             let spans = BATCH
                 .get()
                 .cloned()
@@ -87,7 +90,11 @@ impl TelemetryGuard {
                 .get()
                 .cloned()
                 .map(|batch| tokio::task::spawn_blocking(move || ("log records", batch.flush_within(within))));
-            for flush in [spans, logs].into_iter().flatten() {
+            let metrics = METRICS
+                .get()
+                .cloned()
+                .map(|export| tokio::task::spawn_blocking(move || ("metrics", export.flush_within(within))));
+            for flush in [spans, logs, metrics].into_iter().flatten() {
                 if let Ok((what, Err(error))) = flush.await {
                     tracing::warn!(
                         %error,
@@ -192,6 +199,8 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
             .boxed(),
     };
     #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+    let metric_export = build_metric_export(exporting, resource.clone(), config)?;
+    #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
     let fmt_layer = fmt_layer.and_then(log_bridge(exporting, resource, config)?);
     #[cfg(not(any(feature = "otlp-http", feature = "otlp-grpc")))]
     let _ = resource;
@@ -236,6 +245,10 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
         // Someone else owns the global subscriber; our provider would never see a span.
         let _ = provider.shutdown();
         return Ok(TelemetryGuard::none());
+    }
+    #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+    if let Some(export) = metric_export {
+        let _ = METRICS.set(export);
     }
     opentelemetry::global::set_text_map_propagator(super::propagation::composite_propagator());
     opentelemetry::global::set_tracer_provider(provider.clone());
@@ -282,6 +295,66 @@ fn resource(service: &ServiceConfig) -> Resource {
         .build()
 }
 
+/// The export of the process' metrics, when metrics go over OTLP; the runtime attaches the
+/// metrics recorder to its meter.
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+pub(crate) fn metric_export() -> Option<super::metric_export::MetricExport> {
+    METRICS.get().cloned()
+}
+
+/// Whether the variable `name` is set to `none` (an `OTEL_*_EXPORTER` switched off).
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+fn switched_off(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case("none"))
+}
+
+/// The export of metrics, when spans are exported (`exporting`), and `telemetry.otlp.metrics` is
+/// on and `OTEL_METRICS_EXPORTER` is not `none`.
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+fn build_metric_export(
+    exporting: bool,
+    resource: Resource,
+    config: &TelemetryConfig,
+) -> Result<Option<super::metric_export::MetricExport>, TelemetryError> {
+    use opentelemetry_sdk::metrics::Temporality;
+    if !exporting || !config.otlp.metrics || switched_off("OTEL_METRICS_EXPORTER") {
+        return Ok(None);
+    }
+    let temporality = match std::env::var("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "delta" => Temporality::Delta,
+        "lowmemory" => Temporality::LowMemory,
+        _ => Temporality::Cumulative,
+    };
+    let interval = std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
+        .ok()
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(config.otlp.metrics_interval, std::time::Duration::from_millis);
+    let exporter = super::exporter::metrics(&config.otlp, temporality)?;
+    Ok(Some(super::metric_export::MetricExport::start(
+        exporter,
+        resource,
+        temporality,
+        interval,
+        endpoint_name(&config.otlp),
+        &config.otlp,
+    )))
+}
+
+/// The collector's address in log lines.
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+fn endpoint_name(config: &super::OtlpConfig) -> String {
+    config
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| "the endpoint of OTEL_EXPORTER_OTLP_*".into())
+}
+
 /// The layer that exports log records over OTLP, when spans are exported (`exporting`), and
 /// `telemetry.otlp.logs` is on and `OTEL_LOGS_EXPORTER` is not `none`.
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
@@ -298,17 +371,15 @@ fn log_bridge(
     >,
     TelemetryError,
 > {
-    let switched_off = std::env::var("OTEL_LOGS_EXPORTER").is_ok_and(|v| v.trim().eq_ignore_ascii_case("none"));
-    if !exporting || !config.otlp.logs || switched_off {
+    if !exporting || !config.otlp.logs || switched_off("OTEL_LOGS_EXPORTER") {
         return Ok(None);
     }
     let exporter = super::exporter::logs(&config.otlp)?;
-    let endpoint = config
-        .otlp
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| "the endpoint of OTEL_EXPORTER_OTLP_*".into());
-    let batch = super::batch::BatchProcessor::new(super::log_export::Logs(exporter), endpoint, &config.otlp);
+    let batch = super::batch::BatchProcessor::new(
+        super::log_export::Logs(exporter),
+        endpoint_name(&config.otlp),
+        &config.otlp,
+    );
     let _ = LOG_BATCH.set(batch.clone());
     let provider = opentelemetry_sdk::logs::SdkLoggerProvider::builder()
         .with_resource(resource)
@@ -335,12 +406,7 @@ fn build_provider(resource: Resource, config: &TelemetryConfig) -> Result<(SdkTr
     #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
     {
         let exporter = super::batch::Spans(super::exporter::spans(&config.otlp)?);
-        let endpoint = config
-            .otlp
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| "the endpoint of OTEL_EXPORTER_OTLP_*".into());
-        let batch = super::batch::BatchProcessor::new(exporter, endpoint, &config.otlp);
+        let batch = super::batch::BatchProcessor::new(exporter, endpoint_name(&config.otlp), &config.otlp);
         let _ = BATCH.set(batch.clone());
         Ok((builder.with_span_processor(batch).build(), true))
     }

@@ -13,7 +13,10 @@
 //! - the W3C TraceContext and Baggage propagators as the global propagator.
 //!
 //! With export on, log records go over OTLP too (`telemetry.otlp.logs`, default on), with the
-//! trace and span ids of where they were logged, counted in [`LOG_RECORDS_TOTAL`].
+//! trace and span ids of where they were logged, counted in [`LOG_RECORDS_TOTAL`]; and so do
+//! metrics (`telemetry.otlp.metrics`, default on): the runtime attaches the metrics recorder to
+//! the meter provider built here, collected every `telemetry.otlp.metrics_interval` and
+//! counted in [`METRIC_COLLECTIONS_TOTAL`].
 //!
 //! Export is off unless `telemetry.otlp.endpoint`, `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; trace ids are still generated and propagated so
@@ -29,6 +32,8 @@ mod format;
 mod init;
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 mod log_export;
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+mod metric_export;
 mod propagation;
 pub mod request_id;
 mod request_span;
@@ -37,8 +42,10 @@ mod span_source;
 pub mod trace;
 
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
-pub use batch::{LOG_RECORDS_TOTAL, SPANS_TOTAL};
+pub use batch::{LOG_RECORDS_TOTAL, METRIC_COLLECTIONS_TOTAL, SPANS_TOTAL};
 pub use config::{LogFormat, OtlpConfig, OtlpProtocol, TelemetryConfig};
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+pub(crate) use init::metric_export;
 pub use init::{TelemetryError, TelemetryGuard, init, log_filter, set_log_filter};
 pub use propagation::{HeaderExtractor, HeaderInjector, extract_context, inject_context, propagator};
 pub use request_id::{REQUEST_ID_HEADER, RequestId, SetRequestId, SetRequestIdLayer};

@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 pub use backend::{
     backend, backend_url, backends_required, eventually, eventually_within, free_port, host_port, reachable,
 };
-pub use otlp::{OtlpReceiver, ReceivedLog, ReceivedSpan};
+pub use otlp::{OtlpReceiver, ReceivedLog, ReceivedMetric, ReceivedSpan};
 pub use pki::{IssuedCertificate, TestPki};
 #[cfg(feature = "postgres")]
 pub use postgres::postgres_schema;

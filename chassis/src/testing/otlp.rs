@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use http::{StatusCode, header};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -65,14 +66,43 @@ pub struct ReceivedLog {
     pub resource: BTreeMap<String, String>,
 }
 
+/// One data point of a metric as an OTLP receiver got it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ReceivedMetric {
+    /// The metric's name, e.g. `http.server.request.duration`.
+    pub name: String,
+    /// Its unit, e.g. `s`; empty when it has none.
+    pub unit: String,
+    /// Its description.
+    pub description: String,
+    /// `"sum"`, `"gauge"` or `"histogram"`.
+    pub kind: &'static str,
+    /// Whether a sum only goes up (a counter); `false` for gauges and histograms.
+    pub monotonic: bool,
+    /// The value of a sum or gauge; the sum of a histogram's samples.
+    pub value: f64,
+    /// How many samples a histogram holds; 0 for sums and gauges.
+    pub count: u64,
+    /// A histogram's bucket bounds; empty for sums and gauges.
+    pub bounds: Vec<f64>,
+    /// The data point's attributes, rendered as strings.
+    pub attributes: BTreeMap<String, String>,
+    /// The OTLP type of each attribute, as in [`ReceivedSpan::attribute_types`].
+    pub attribute_types: BTreeMap<String, &'static str>,
+    /// The attributes of the resource that sent the metric, rendered as strings.
+    pub resource: BTreeMap<String, String>,
+}
+
 #[derive(Default)]
 struct Received {
     spans: Mutex<Vec<ReceivedSpan>>,
     logs: Mutex<Vec<ReceivedLog>>,
+    metrics: Mutex<Vec<ReceivedMetric>>,
     arrived: Notify,
 }
 
-/// An OTLP/HTTP trace and log receiver on a free loopback port: point `telemetry.otlp.endpoint` at
+/// An OTLP/HTTP receiver of traces, logs and metrics on a free loopback port: point `telemetry.otlp.endpoint` at
 /// [`OtlpReceiver::endpoint`] and assert on what arrives.
 ///
 /// ```no_run
@@ -100,8 +130,8 @@ impl std::fmt::Debug for OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Binds `127.0.0.1:0` and serves `POST /v1/traces` and `POST /v1/logs` (protobuf) in the
-    /// background.
+    /// Binds `127.0.0.1:0` and serves `POST /v1/traces`, `POST /v1/logs` and `POST /v1/metrics`
+    /// (protobuf) in the background.
     pub async fn start() -> Self {
         let received = Arc::new(Received::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -111,6 +141,7 @@ impl OtlpReceiver {
         let app = Router::new()
             .route("/v1/traces", post(export))
             .route("/v1/logs", post(export_logs))
+            .route("/v1/metrics", post(export_metrics))
             .with_state(received.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { addr, received }
@@ -129,6 +160,22 @@ impl OtlpReceiver {
     /// Every log record received so far.
     pub fn logs(&self) -> Vec<ReceivedLog> {
         self.received.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every metric data point received so far, in the order they arrived (a metric exported
+    /// at every collection appears once per collection).
+    pub fn metrics(&self) -> Vec<ReceivedMetric> {
+        self.received.metrics.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits (up to 10 s of real time: metrics go out every `telemetry.otlp.metrics_interval`)
+    /// for a metric data point matching `predicate`.
+    ///
+    /// # Panics
+    ///
+    /// When no such data point arrives in time, listing the ones that did.
+    pub async fn wait_for_metric(&self, predicate: impl Fn(&ReceivedMetric) -> bool) -> ReceivedMetric {
+        self.wait("metric", Self::metrics, predicate).await
     }
 
     /// Waits (up to 10 s of real time: the exporter batches) for a log record matching
@@ -242,6 +289,74 @@ async fn export_logs(State(received): State<Arc<Received>>, body: Bytes) -> axum
     received.logs.lock().unwrap_or_else(|e| e.into_inner()).extend(logs);
     received.arrived.notify_waiters();
     accepted(ExportLogsServiceResponse { partial_success: None })
+}
+
+async fn export_metrics(State(received): State<Arc<Received>>, body: Bytes) -> axum::response::Response {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
+    let request = match ExportMetricsServiceRequest::decode(body) {
+        Ok(request) => request,
+        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+    };
+    let mut points = Vec::new();
+    for resource_metrics in request.resource_metrics {
+        let resource = rendered(resource_metrics.resource.as_ref().map_or(&[][..], |r| &r.attributes));
+        for metric in resource_metrics
+            .scope_metrics
+            .into_iter()
+            .flat_map(|scope| scope.metrics)
+        {
+            let point = |kind, monotonic, attributes: &[KeyValue], value, count, bounds| ReceivedMetric {
+                name: metric.name.clone(),
+                unit: metric.unit.clone(),
+                description: metric.description.clone(),
+                kind,
+                monotonic,
+                value,
+                count,
+                bounds,
+                attributes: rendered(attributes),
+                attribute_types: types(attributes),
+                resource: resource.clone(),
+            };
+            let number = |value: &Option<Number>| match value {
+                Some(Number::AsDouble(v)) => *v,
+                Some(Number::AsInt(v)) => *v as f64,
+                None => f64::NAN,
+            };
+            match &metric.data {
+                Some(Data::Sum(sum)) => points.extend(
+                    sum.data_points
+                        .iter()
+                        .map(|p| point("sum", sum.is_monotonic, &p.attributes, number(&p.value), 0, Vec::new())),
+                ),
+                Some(Data::Gauge(gauge)) => points.extend(
+                    gauge
+                        .data_points
+                        .iter()
+                        .map(|p| point("gauge", false, &p.attributes, number(&p.value), 0, Vec::new())),
+                ),
+                Some(Data::Histogram(histogram)) => points.extend(histogram.data_points.iter().map(|p| {
+                    point(
+                        "histogram",
+                        false,
+                        &p.attributes,
+                        p.sum.unwrap_or_default(),
+                        p.count,
+                        p.explicit_bounds.clone(),
+                    )
+                })),
+                _ => {}
+            }
+        }
+    }
+    received
+        .metrics
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(points);
+    received.arrived.notify_waiters();
+    accepted(ExportMetricsServiceResponse { partial_success: None })
 }
 
 fn rendered(attributes: &[KeyValue]) -> BTreeMap<String, String> {

@@ -111,6 +111,38 @@ async fn the_exposition_passes_promtool() {
     assert!(status.success());
 }
 
+#[tokio::test]
+async fn metrics_go_to_the_collector_every_interval_while_the_service_runs() {
+    let receiver = chassis::testing::OtlpReceiver::start().await;
+    let hello = Hello::start(&[
+        ("APP__TELEMETRY__LOG_LEVEL", "warn"),
+        ("APP__TELEMETRY__OTLP__ENDPOINT", &receiver.endpoint()),
+        // The standard variable, in milliseconds, wins over the configured 60 s.
+        ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+    ])
+    .await;
+    hello.client.get(hello.url("/hello/world")).send().await.unwrap();
+    let served = receiver
+        .wait_for_metric(|m| {
+            m.name == "http.server.request.duration"
+                && m.attributes.get("http.route").is_some_and(|r| r == "/hello/{name}")
+        })
+        .await;
+    assert_eq!(served.count, 1);
+    assert_eq!(served.resource["service.name"], "hello");
+    // The next collections carry the running totals (cumulative temporality).
+    hello.client.get(hello.url("/hello/again")).send().await.unwrap();
+    receiver
+        .wait_for_metric(|m| {
+            m.name == "http.server.request.duration"
+                && m.attributes.get("http.route").is_some_and(|r| r == "/hello/{name}")
+                && m.count == 2
+        })
+        .await;
+    let (_, status, _) = hello.terminate().await;
+    assert!(status.success(), "{status:?}");
+}
+
 /// The value of `family{outcome}` (`chassis_otel_spans_total`, `..._log_records_total`) in `text`.
 fn counted(text: &str, family: &str, outcome: &str) -> f64 {
     text.lines()
@@ -141,21 +173,30 @@ async fn a_hung_collector_is_counted_logged_once_and_cannot_hold_the_shutdown() 
         ("APP__TELEMETRY__OTLP__BATCH_DELAY", "100ms"),
         ("APP__TELEMETRY__OTLP__MAX_BATCH_SIZE", "4"),
         ("APP__TELEMETRY__OTLP__MAX_QUEUE_SIZE", "8"),
+        ("APP__TELEMETRY__OTLP__METRICS_INTERVAL", "100ms"),
     ])
     .await;
 
-    // Spans and log records keep coming while the first export hangs: the queues fill, the rest
-    // are dropped; each export times out, and what it carried counts as failed.
-    eventually("spans and log records to be dropped and exports to fail", async || {
-        for _ in 0..20 {
-            hello.client.get(hello.url("/hello/otel")).send().await.ok()?;
-        }
-        let text = hello.metrics().await?;
-        ["chassis_otel_spans_total", "chassis_otel_log_records_total"]
+    // Spans, log records and metric collections keep coming while the first export hangs: the
+    // queues fill, the rest are dropped; each export times out, and what it carried counts as
+    // failed.
+    eventually(
+        "spans, log records and metrics to be dropped and exports to fail",
+        async || {
+            for _ in 0..20 {
+                hello.client.get(hello.url("/hello/otel")).send().await.ok()?;
+            }
+            let text = hello.metrics().await?;
+            [
+                "chassis_otel_spans_total",
+                "chassis_otel_log_records_total",
+                "chassis_otel_metric_collections_total",
+            ]
             .iter()
             .all(|family| counted(&text, family, "dropped") > 0.0 && counted(&text, family, "failed") > 0.0)
             .then_some(())
-    })
+        },
+    )
     .await;
 
     let (took, status, log) = hello.terminate().await;
@@ -175,6 +216,7 @@ async fn a_hung_collector_is_counted_logged_once_and_cannot_hold_the_shutdown() 
     let lines = |text: &str| log.lines().filter(|l| l.contains(text)).count();
     assert_eq!(lines("exporting log records failed"), 1, "{log}");
     assert_eq!(lines("log records are dropped"), 1, "{log}");
+    assert_eq!(lines("exporting metric collections failed"), 1, "{log}");
     assert!(
         took < Duration::from_secs(5),
         "flush_timeout bounds the wait for the hung collector: {took:?}"
