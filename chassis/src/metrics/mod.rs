@@ -8,6 +8,12 @@
 //! Any code in the service can record with the [`metrics`] macros and the series appear on the
 //! same endpoint.
 //!
+//! When telemetry exports over OTLP (an endpoint set, `telemetry.otlp.metrics` on), the
+//! runtime attaches the recorder to the OpenTelemetry meter before the service takes requests:
+//! from then on every series is also an OpenTelemetry instrument, under the semantic
+//! conventions' name where it has one (`http.server.request.duration`), and the process and
+//! runtime metrics are observed at each collection. See docs/src/metrics.md, "Over OTLP".
+//!
 //! | series | type | labels |
 //! |---|---|---|
 //! | `http_server_request_duration_seconds` | histogram | `http_request_method`, `http_route`, `http_response_status_code` |
