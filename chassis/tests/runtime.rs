@@ -243,6 +243,128 @@ async fn metrics_use_route_templates_and_leave_admin_requests_out() {
     service.stop().await;
 }
 
+/// What Prometheus 2.42 sends by default: OpenMetrics first.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// A Prometheus server scraping one target every second, with exemplar storage on; killed on drop.
+struct Prometheus {
+    url: String,
+    _process: tokio::process::Child,
+    _data: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// `None` when `prometheus` (Debian package `prometheus`) is not installed and backends are
+    /// not required; with `CI=true` a missing server fails the test.
+    async fn scrape(target: std::net::SocketAddr) -> Option<Self> {
+        let data = tempfile::tempdir().unwrap();
+        let config = data.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: service\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = chassis::testing::free_port();
+        let spawned = tokio::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--enable-feature=exemplar-storage")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let process = match spawned {
+            Ok(process) => process,
+            Err(error) if chassis::testing::backends_required() => {
+                panic!("prometheus is required when CI=true ({error}); install the Debian package prometheus")
+            }
+            Err(error) => {
+                eprintln!("skipping: prometheus cannot be run ({error})");
+                return None;
+            }
+        };
+        Some(Self {
+            url: format!("http://127.0.0.1:{port}"),
+            _process: process,
+            _data: data,
+        })
+    }
+
+    async fn api(&self, path: &str) -> Option<serde_json::Value> {
+        let response = client().get(format!("{}{path}", self.url)).send().await.ok()?;
+        response.json().await.ok()
+    }
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_openmetrics_and_keeps_the_exemplar_linking_a_bucket_to_its_trace() {
+    let options = options().configure(|l| l.set("service.name", "exemplar-test"));
+    let service = spawn_with(options, |_: Context<()>| async {
+        Ok(Router::new().route("/exemplary/{id}", get(|| async { "found" })))
+    })
+    .await;
+    let response = client()
+        .get(admin_url(&service, "/metrics"))
+        .header("accept", PROMETHEUS_ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        chassis::metrics::OPENMETRICS_TEXT,
+        "OpenMetrics, as asked"
+    );
+    let text = response.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        text.contains("# TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total "),
+        "a counter's family is named without _total, its sample with it: {text}"
+    );
+
+    let Some(prometheus) = Prometheus::scrape(service.admin_addr()).await else {
+        return;
+    };
+    // Prometheus takes the exposition: the target is up, with no scrape error.
+    chassis::testing::eventually("Prometheus to scrape the service", async || {
+        let targets = prometheus.api("/api/v1/targets").await?;
+        let target = &targets["data"]["activeTargets"][0];
+        (target["health"] == "up").then_some(())
+    })
+    .await;
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let response = client()
+        .get(url(&service, "/exemplary/7"))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let exemplar = chassis::testing::eventually("Prometheus to store the request's exemplar", async || {
+        let found = prometheus
+            .api("/api/v1/query_exemplars?query=http_server_request_duration_seconds_bucket&start=0&end=4102444800")
+            .await?;
+        found["data"]
+            .as_array()?
+            .iter()
+            .filter(|series| series["seriesLabels"]["http_route"] == "/exemplary/{id}")
+            .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+            .find(|exemplar| exemplar["labels"]["trace_id"] == trace_id)
+    })
+    .await;
+    assert_eq!(
+        exemplar["labels"]["span_id"].as_str().map(str::len),
+        Some(16),
+        "{exemplar}"
+    );
+    let targets = prometheus.api("/api/v1/targets").await.unwrap();
+    assert_eq!(targets["data"]["activeTargets"][0]["lastError"], "", "{targets}");
+    service.stop().await;
+}
+
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests_fails_readiness_and_refuses_new_connections() {
     let entered = Arc::new(Notify::new());

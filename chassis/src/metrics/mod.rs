@@ -21,8 +21,10 @@
 //! | `chassis_build_info` | gauge (always 1) | `service`, `version`, `chassis_version` |
 //! | `process_*` | see the `metrics-process` crate | |
 
+mod exemplars;
 pub mod http_metrics;
 #[cfg_attr(not(any(feature = "otlp-http", feature = "otlp-grpc")), allow(dead_code))]
+mod openmetrics;
 mod otel;
 mod process;
 mod recorder;
@@ -36,6 +38,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 
 pub use http_metrics::{HttpMetrics, HttpMetricsLayer};
+pub use openmetrics::OPENMETRICS_TEXT;
 
 use crate::config::{Problems, ServiceConfig, Validate};
 
@@ -190,6 +193,32 @@ impl MetricsHandle {
         attached
     }
 
+    /// The OpenMetrics exposition (1.0.0, [`OPENMETRICS_TEXT`]) of what [`render`](Self::render)
+    /// shows, with exemplars: each bucket of a `*_seconds` histogram carries the trace and span
+    /// ids of its latest sample recorded in a sampled trace. Exemplars are kept from the first
+    /// call on, so a service nobody scrapes this way pays nothing for them.
+    ///
+    /// ```
+    /// let handle = chassis::metrics::install(&Default::default(), &Default::default()).unwrap();
+    /// metrics::counter!("jobs_total").increment(1);
+    /// let text = handle.render_openmetrics();
+    /// assert!(text.contains("# TYPE jobs counter\njobs_total 1\n"));
+    /// assert!(text.ends_with("# EOF\n"));
+    /// ```
+    pub fn render_openmetrics(&self) -> String {
+        exemplars::want();
+        let text = self.render();
+        match RECORDER.get() {
+            Some(recorder) => openmetrics::convert(&text, recorder.exemplars()),
+            None => openmetrics::convert(&text, &exemplars::Exemplars::new(&self.duration_buckets)),
+        }
+    }
+
+    /// Whether an `Accept` header asks for OpenMetrics rather than the Prometheus text.
+    pub fn wants_openmetrics(accept: &str) -> bool {
+        openmetrics::asked_for(accept)
+    }
+
     /// The text exposition format (version 0.0.4): what the service recorded, the process
     /// (`process_*`, with `metrics.process`) and the tokio runtime it runs on (`tokio_*`).
     pub fn render(&self) -> String {
@@ -229,7 +258,10 @@ pub fn install(config: &MetricsConfig, service: &ServiceConfig) -> Result<Metric
                 .map_err(|e| MetricsError::Buckets(e.to_string()))?
                 .build_recorder();
             let prometheus = recorder.handle();
-            if RECORDER.set(recorder::ChassisRecorder::new(recorder)).is_err() {
+            if RECORDER
+                .set(recorder::ChassisRecorder::new(recorder, &config.duration_buckets))
+                .is_err()
+            {
                 return Err(MetricsError::RecorderTaken);
             }
             let ours = RECORDER.get().expect("set just above");

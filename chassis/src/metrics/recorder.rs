@@ -1,6 +1,7 @@
 //! The process' `metrics` recorder: every series goes to the Prometheus exposition and, once
 //! OTLP export is attached ([`super::MetricsHandle::export_to`]), to OpenTelemetry instruments
-//! as well ([`super::otel`]).
+//! as well ([`super::otel`]); the samples of `*_seconds` histograms keep exemplars
+//! ([`super::exemplars`]).
 
 use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
@@ -8,6 +9,7 @@ use std::sync::{OnceLock, RwLock};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::PrometheusRecorder;
 
+use super::exemplars::Exemplars;
 use super::otel::Instruments;
 
 /// What `describe_*` said of a metric: its unit and help text.
@@ -21,14 +23,17 @@ pub(crate) struct Description {
 pub(crate) struct ChassisRecorder {
     prometheus: PrometheusRecorder,
     descriptions: RwLock<HashMap<String, Description>>,
+    exemplars: Exemplars,
     otel: OnceLock<Instruments>,
 }
 
 impl ChassisRecorder {
-    pub(crate) fn new(prometheus: PrometheusRecorder) -> Self {
+    /// The recorder, with `duration_buckets` as the bounds of every `*_seconds` histogram.
+    pub(crate) fn new(prometheus: PrometheusRecorder, duration_buckets: &[f64]) -> Self {
         Self {
             prometheus,
             descriptions: RwLock::default(),
+            exemplars: Exemplars::new(duration_buckets),
             otel: OnceLock::new(),
         }
     }
@@ -36,7 +41,16 @@ impl ChassisRecorder {
     /// Sends every series registered from now on to `instruments` too; the first call wins.
     #[cfg_attr(not(any(feature = "otlp-http", feature = "otlp-grpc")), allow(dead_code))]
     pub(crate) fn attach(&self, instruments: Instruments) -> bool {
-        self.otel.set(instruments).is_ok()
+        let attached = self.otel.set(instruments).is_ok();
+        if attached {
+            // Their handles were made for Prometheus only.
+            self.exemplars.forget();
+        }
+        attached
+    }
+
+    pub(crate) fn exemplars(&self) -> &Exemplars {
+        &self.exemplars
     }
 
     pub(crate) fn prometheus(&self) -> &PrometheusRecorder {
@@ -94,9 +108,13 @@ impl Recorder for ChassisRecorder {
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        match self.otel.get() {
+        let register = || match self.otel.get() {
             Some(otel) => otel.histogram(self, key, metadata),
             None => self.prometheus.register_histogram(key, metadata),
+        };
+        match Exemplars::bucketed(key.name()) {
+            true => self.exemplars.histogram(key, register),
+            false => register(),
         }
     }
 }

@@ -40,13 +40,16 @@ pub fn admin_router(
     let router = match metrics {
         Some(handle) => router.route(
             "/metrics",
-            get(move || {
+            get(move |headers: http::HeaderMap| {
                 let handle = handle.clone();
                 async move {
-                    (
-                        [(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT))],
-                        handle.render(),
-                    )
+                    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    // OpenMetrics when the scraper asks for it (Prometheus does): it carries exemplars.
+                    let (media, text) = match MetricsHandle::wants_openmetrics(accept) {
+                        true => (crate::metrics::OPENMETRICS_TEXT, handle.render_openmetrics()),
+                        false => (PROMETHEUS_TEXT, handle.render()),
+                    };
+                    ([(header::CONTENT_TYPE, HeaderValue::from_static(media))], text)
                 }
             }),
         ),
