@@ -213,17 +213,17 @@ impl GaugeFn for GaugeSeries {
     }
 }
 
-/// A histogram: its Prometheus handle and the SDK histogram of its name.
+/// A histogram: its Prometheus handle and the SDK histogram of its name, bound to the series'
+/// attributes once (a record then looks up no attribute set).
 struct HistogramSeries {
     prometheus: Histogram,
-    otel: opentelemetry::metrics::Histogram<f64>,
-    attributes: Vec<KeyValue>,
+    otel: opentelemetry::metrics::BoundHistogram<f64>,
 }
 
 impl HistogramFn for HistogramSeries {
     fn record(&self, value: f64) {
         self.prometheus.record(value);
-        self.otel.record(value, &self.attributes);
+        self.otel.record(value);
     }
 }
 
@@ -368,8 +368,7 @@ impl Instruments {
         });
         Histogram::from_arc(family.series(key, || HistogramSeries {
             prometheus: recorder.prometheus().register_histogram(key, metadata),
-            otel: family.instrument.clone(),
-            attributes: attributes(key),
+            otel: family.instrument.bind(&attributes(key)),
         }))
     }
 }
