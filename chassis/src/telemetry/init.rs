@@ -255,7 +255,7 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
     let _ = PROVIDER.set(provider.clone());
     span_source::set_span_source(match exporting {
         true => SpanSource::Recorded(provider.tracer("chassis")),
-        false => SpanSource::Propagated(sampler(config)),
+        false => SpanSource::Propagated(span_source::Sampling::new(config.sampling_ratio)),
     });
     Ok(TelemetryGuard {
         provider: Some(provider),
@@ -279,7 +279,7 @@ fn env_set(name: &str) -> bool {
 }
 
 fn sampler(config: &TelemetryConfig) -> Sampler {
-    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sampling_ratio)))
+    span_source::Sampling::sampler(config.sampling_ratio)
 }
 
 /// The resource of every signal the service exports.

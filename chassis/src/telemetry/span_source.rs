@@ -23,9 +23,42 @@ pub(crate) enum SpanSource {
     /// Export is off: nothing would ever read a recorded span, so the context only gets fresh
     /// ids and the sampler's decision. Log lines still carry the ids and calls made while
     /// handling the request still propagate the trace, with the right sampled flag.
-    Propagated(Sampler),
+    Propagated(Sampling),
     /// Telemetry was set up by someone else: the global tracer provider.
     Global(BoxedTracer),
+}
+
+/// The process' sampler: parent-based, with `telemetry.sampling_ratio` for new traces.
+pub(crate) struct Sampling {
+    sampler: Sampler,
+    ratio: f64,
+}
+
+impl Sampling {
+    pub(crate) fn new(ratio: f64) -> Self {
+        Self {
+            sampler: Self::sampler(ratio),
+            ratio,
+        }
+    }
+
+    /// The SDK's sampler for `ratio`, as the tracer provider uses it too.
+    pub(crate) fn sampler(ratio: f64) -> Sampler {
+        Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+    }
+
+    /// What the sampler says where that needs no computation: a parent's own flag, or a new
+    /// trace under a ratio of 1 (the default) or 0. `None`: ask the sampler.
+    fn decided(&self, parent: &OtelContext) -> Option<bool> {
+        if parent.has_active_span() {
+            return Some(parent.span().span_context().is_sampled());
+        }
+        match self.ratio {
+            ratio if ratio >= 1.0 => Some(true),
+            ratio if ratio <= 0.0 => Some(false),
+            _ => None,
+        }
+    }
 }
 
 static SOURCE: std::sync::OnceLock<SpanSource> = std::sync::OnceLock::new();
@@ -63,7 +96,7 @@ pub(super) fn span_source() -> SourceRef {
 
 /// A non-recording server span: the parent's trace (or a new one), a new span id, and the
 /// sampler's decision as the sampled flag.
-pub(super) fn propagated(sampler: &Sampler, parent: OtelContext, method: &'static str) -> OtelContext {
+pub(super) fn propagated(sampling: &Sampling, parent: OtelContext, method: &'static str) -> OtelContext {
     // The SDK's generator draws from a thread-local `RefCell`'d generator; the request ids'
     // fast generator gives ids as random at less cost per request.
     let (trace_id, trace_state) = {
@@ -74,14 +107,20 @@ pub(super) fn propagated(sampler: &Sampler, parent: OtelContext, method: &'stati
             false => (TraceId::from(fastrand::u128(..)), Default::default()),
         }
     };
-    let decision = sampler.should_sample(Some(&parent), trace_id, method, &SpanKind::Server, &[], &[]);
-    let flags = match decision.decision {
-        SamplingDecision::RecordAndSample => TraceFlags::SAMPLED,
-        _ => TraceFlags::default(),
-    };
-    let trace_state = match decision.decision {
-        SamplingDecision::Drop => trace_state,
-        _ => decision.trace_state,
+    let (flags, trace_state) = match sampling.decided(&parent) {
+        // What the SDK's sampler would say, without building its answer.
+        Some(true) => (TraceFlags::SAMPLED, trace_state),
+        Some(false) => (TraceFlags::default(), trace_state),
+        None => {
+            let decision = sampling
+                .sampler
+                .should_sample(Some(&parent), trace_id, method, &SpanKind::Server, &[], &[]);
+            match decision.decision {
+                SamplingDecision::RecordAndSample => (TraceFlags::SAMPLED, decision.trace_state),
+                SamplingDecision::RecordOnly => (TraceFlags::default(), decision.trace_state),
+                SamplingDecision::Drop => (TraceFlags::default(), trace_state),
+            }
+        }
     };
     let span_context = SpanContext::new(trace_id, SpanId::from(fastrand::u64(..)), flags, false, trace_state);
     parent.with_remote_span_context(span_context)
@@ -91,8 +130,8 @@ pub(super) fn propagated(sampler: &Sampler, parent: OtelContext, method: &'stati
 mod tests {
     use super::*;
 
-    fn ratio(r: f64) -> Sampler {
-        Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+    fn ratio(r: f64) -> Sampling {
+        Sampling::new(r)
     }
 
     fn remote(sampled: bool) -> OtelContext {
@@ -138,6 +177,28 @@ mod tests {
             let span = cx.span();
             assert!(span.span_context().is_valid(), "log lines and calls still get ids");
             assert_eq!(span.span_context().is_sampled(), sampled);
+        }
+    }
+
+    #[test]
+    fn the_shortcut_decides_as_the_sdk_sampler_does() {
+        for r in [0.0, 0.3, 1.0] {
+            let sampling = ratio(r);
+            for parent in [remote(true), remote(false), OtelContext::new()] {
+                for _ in 0..50 {
+                    let cx = propagated(&sampling, parent.clone(), "GET");
+                    let trace_id = cx.span().span_context().trace_id();
+                    let sdk =
+                        sampling
+                            .sampler
+                            .should_sample(Some(&parent), trace_id, "GET", &SpanKind::Server, &[], &[]);
+                    assert_eq!(
+                        cx.span().span_context().is_sampled(),
+                        sdk.decision == SamplingDecision::RecordAndSample,
+                        "ratio {r}"
+                    );
+                }
+            }
         }
     }
 }

@@ -149,7 +149,7 @@ fn server_span<B>(source: &SpanSource, request: &Request<B>, method: &'static st
     let cx = match source {
         SpanSource::Recorded(tracer) => start(tracer, parent, method),
         SpanSource::Global(tracer) => start(tracer, parent, method),
-        SpanSource::Propagated(sampler) => return propagated(sampler, parent, method),
+        SpanSource::Propagated(sampling) => return propagated(sampling, parent, method),
     };
     let span = cx.span();
     // Attributes cost allocations; only a span that records them gets them.
