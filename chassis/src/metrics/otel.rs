@@ -318,32 +318,19 @@ impl Instruments {
         let name = key.name();
         let family = self.family(&self.gauges, name, |family| {
             let (otel, unit, help) = describe(recorder, name, Kind::Gauge);
-            let observe = move |observe: &dyn Fn(f64, &[KeyValue])| {
-                if let Some(family) = family.upgrade() {
-                    family.each(|s| observe(s.get(), &s.attributes));
-                }
-            };
-            if UP_DOWN.contains(&name) {
-                let mut builder = self
-                    .meter
-                    .f64_observable_up_down_counter(otel)
-                    .with_description(help)
-                    .with_callback(move |observer| observe(&|v, a| observer.observe(v, a)));
-                if let Some(unit) = unit {
-                    builder = builder.with_unit(unit);
-                }
-                Box::new(builder.build())
-            } else {
-                let mut builder = self
-                    .meter
-                    .f64_observable_gauge(otel)
-                    .with_description(help)
-                    .with_callback(move |observer| observe(&|v, a| observer.observe(v, a)));
-                if let Some(unit) = unit {
-                    builder = builder.with_unit(unit);
-                }
-                Box::new(builder.build())
-            }
+            observable(
+                &self.meter,
+                Kind::Gauge,
+                UP_DOWN.contains(&name),
+                otel,
+                unit,
+                help,
+                move |observe| {
+                    if let Some(family) = family.upgrade() {
+                        family.each(|s| observe(s.get(), &s.attributes));
+                    }
+                },
+            )
         });
         Gauge::from_arc(family.series(key, || GaugeSeries {
             prometheus: recorder.prometheus().register_gauge(key, metadata),
@@ -380,6 +367,46 @@ fn describe(recorder: &ChassisRecorder, name: &str, kind: Kind) -> (String, Opti
     (otel, unit, description.map(|d| d.text.into_owned()).unwrap_or_default())
 }
 
+/// An observable `f64` instrument: a counter, an up-down counter (`up_down`) or a gauge, whose
+/// callback hands each value and its attributes to `observe`'s argument.
+fn observable(
+    meter: &Meter,
+    kind: Kind,
+    up_down: bool,
+    name: String,
+    unit: Option<&'static str>,
+    help: String,
+    observe: impl Fn(&dyn Fn(f64, &[KeyValue])) + Send + Sync + 'static,
+) -> Observer {
+    let unit = unit.unwrap_or("");
+    match (kind, up_down) {
+        (Kind::Counter, _) => Box::new(
+            meter
+                .f64_observable_counter(name)
+                .with_unit(unit)
+                .with_description(help)
+                .with_callback(move |o| observe(&|v, a| o.observe(v, a)))
+                .build(),
+        ),
+        (_, true) => Box::new(
+            meter
+                .f64_observable_up_down_counter(name)
+                .with_unit(unit)
+                .with_description(help)
+                .with_callback(move |o| observe(&|v, a| o.observe(v, a)))
+                .build(),
+        ),
+        _ => Box::new(
+            meter
+                .f64_observable_gauge(name)
+                .with_unit(unit)
+                .with_description(help)
+                .with_callback(move |o| observe(&|v, a| o.observe(v, a)))
+                .build(),
+        ),
+    }
+}
+
 /// Observers of the process and tokio runtime metrics, read at each collection.
 fn collectors(meter: &Meter, runtime: Option<tokio::runtime::Handle>) -> Vec<Observer> {
     let mut kept: Vec<Observer> = Vec::new();
@@ -399,41 +426,20 @@ fn collectors(meter: &Meter, runtime: Option<tokio::runtime::Handle>) -> Vec<Obs
             let (otel, unit) = name_and_unit(name, kind, None);
             let read = read.clone();
             let value = move || read().into_iter().find(|m| m.0 == name).map(|m| m.3);
-            let unit = unit.unwrap_or("");
-            if kind == Kind::Counter {
-                kept.push(Box::new(
-                    meter
-                        .f64_observable_counter(otel)
-                        .with_unit(unit)
-                        .with_description(help)
-                        .with_callback(move |o| value().into_iter().for_each(|v| o.observe(v, &[])))
-                        .build(),
-                ));
-            } else if UP_DOWN.contains(&name) {
-                kept.push(Box::new(
-                    meter
-                        .f64_observable_up_down_counter(otel)
-                        .with_unit(unit)
-                        .with_description(help)
-                        .with_callback(move |o| value().into_iter().for_each(|v| o.observe(v, &[])))
-                        .build(),
-                ));
-            } else {
-                kept.push(Box::new(
-                    meter
-                        .f64_observable_gauge(otel)
-                        .with_unit(unit)
-                        .with_description(help)
-                        // An unlimited limit has no number in OTLP: it is left out.
-                        .with_callback(move |o| {
-                            value()
-                                .filter(|v| v.is_finite())
-                                .into_iter()
-                                .for_each(|v| o.observe(v, &[]))
-                        })
-                        .build(),
-                ));
-            }
+            // An unlimited limit has no number in OTLP: it is left out.
+            kept.push(observable(
+                meter,
+                kind,
+                UP_DOWN.contains(&name),
+                otel,
+                unit,
+                help.into(),
+                move |observe| {
+                    if let Some(value) = value().filter(|v| v.is_finite()) {
+                        observe(value, &[]);
+                    }
+                },
+            ));
         }
     }
     kept
