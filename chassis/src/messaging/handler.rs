@@ -20,7 +20,7 @@ pub struct Incoming<M> {
 /// `Context::subscribe` run for each delivery.
 ///
 /// Any `Fn(Incoming<M>) -> impl Future<Output = Result<(), E>>` closure is a handler (`E`
-/// printable): an `Err` is a failed attempt, retried and finally dead-lettered with its text.
+/// printable): an `Err` is a failed attempt: retried, and finally dead-lettered with its text.
 ///
 /// ```
 /// use chassis::messaging::{Incoming, Message, MessageHandler};
