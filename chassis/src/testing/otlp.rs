@@ -14,7 +14,6 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceReq
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use prost::Message as _;
 use tokio::sync::Notify;
 
 /// A span as an OTLP receiver got it.
@@ -219,10 +218,17 @@ impl OtlpReceiver {
 }
 
 async fn export(State(received): State<Arc<Received>>, body: Bytes) -> axum::response::Response {
-    let request = match ExportTraceServiceRequest::decode(body) {
-        Ok(request) => request,
-        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
-    };
+    receive(
+        &received,
+        |r| &r.spans,
+        body,
+        received_spans,
+        ExportTraceServiceResponse { partial_success: None },
+    )
+}
+
+/// The spans of a trace export request.
+fn received_spans(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
     let mut spans = Vec::new();
     for resource_spans in request.resource_spans {
         let resource = rendered(resource_spans.resource.as_ref().map_or(&[][..], |r| &r.attributes));
@@ -244,9 +250,26 @@ async fn export(State(received): State<Arc<Received>>, body: Bytes) -> axum::res
             }
         }
     }
-    received.spans.lock().unwrap_or_else(|e| e.into_inner()).extend(spans);
+    spans
+}
+
+/// Decodes an export request, files the items `items` makes of it in `into`, wakes the waiters
+/// and answers `response`: the body of every signal's endpoint.
+fn receive<R: prost::Message + Default, T>(
+    received: &Received,
+    into: fn(&Received) -> &Mutex<Vec<T>>,
+    body: Bytes,
+    items: fn(R) -> Vec<T>,
+    response: impl prost::Message,
+) -> axum::response::Response {
+    let request = match R::decode(body) {
+        Ok(request) => request,
+        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+    };
+    let items = items(request);
+    into(received).lock().unwrap_or_else(|e| e.into_inner()).extend(items);
     received.arrived.notify_waiters();
-    accepted(ExportTraceServiceResponse { partial_success: None })
+    accepted(response)
 }
 
 /// The collector's answer: everything was taken.
@@ -259,10 +282,17 @@ fn accepted(response: impl prost::Message) -> axum::response::Response {
 }
 
 async fn export_logs(State(received): State<Arc<Received>>, body: Bytes) -> axum::response::Response {
-    let request = match ExportLogsServiceRequest::decode(body) {
-        Ok(request) => request,
-        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
-    };
+    receive(
+        &received,
+        |r| &r.logs,
+        body,
+        received_logs,
+        ExportLogsServiceResponse { partial_success: None },
+    )
+}
+
+/// The log records of a log export request.
+fn received_logs(request: ExportLogsServiceRequest) -> Vec<ReceivedLog> {
     let mut logs = Vec::new();
     for resource_logs in request.resource_logs {
         let resource = rendered(resource_logs.resource.as_ref().map_or(&[][..], |r| &r.attributes));
@@ -286,18 +316,23 @@ async fn export_logs(State(received): State<Arc<Received>>, body: Bytes) -> axum
             }
         }
     }
-    received.logs.lock().unwrap_or_else(|e| e.into_inner()).extend(logs);
-    received.arrived.notify_waiters();
-    accepted(ExportLogsServiceResponse { partial_success: None })
+    logs
 }
 
 async fn export_metrics(State(received): State<Arc<Received>>, body: Bytes) -> axum::response::Response {
+    receive(
+        &received,
+        |r| &r.metrics,
+        body,
+        received_metrics,
+        ExportMetricsServiceResponse { partial_success: None },
+    )
+}
+
+/// The data points of a metric export request.
+fn received_metrics(request: ExportMetricsServiceRequest) -> Vec<ReceivedMetric> {
     use opentelemetry_proto::tonic::metrics::v1::metric::Data;
     use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
-    let request = match ExportMetricsServiceRequest::decode(body) {
-        Ok(request) => request,
-        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
-    };
     let mut points = Vec::new();
     for resource_metrics in request.resource_metrics {
         let resource = rendered(resource_metrics.resource.as_ref().map_or(&[][..], |r| &r.attributes));
@@ -350,13 +385,7 @@ async fn export_metrics(State(received): State<Arc<Received>>, body: Bytes) -> a
             }
         }
     }
-    received
-        .metrics
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .extend(points);
-    received.arrived.notify_waiters();
-    accepted(ExportMetricsServiceResponse { partial_success: None })
+    points
 }
 
 fn rendered(attributes: &[KeyValue]) -> BTreeMap<String, String> {
