@@ -215,6 +215,16 @@ impl MetricsHandle {
     }
 
     /// Whether an `Accept` header asks for OpenMetrics rather than the Prometheus text.
+    ///
+    /// ```
+    /// use chassis::metrics::MetricsHandle;
+    ///
+    /// // What Prometheus sends by default.
+    /// assert!(MetricsHandle::wants_openmetrics(
+    ///     "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    /// ));
+    /// assert!(!MetricsHandle::wants_openmetrics("text/plain;version=0.0.4"));
+    /// ```
     pub fn wants_openmetrics(accept: &str) -> bool {
         openmetrics::asked_for(accept)
     }
