@@ -73,6 +73,11 @@ impl Exemplars {
         }
     }
 
+    /// The bucket bounds of every `*_seconds` histogram.
+    pub(crate) fn bounds(&self) -> &[f64] {
+        &self.bounds
+    }
+
     /// Whether the series `name` has buckets (and so exemplars).
     pub(crate) fn bucketed(name: &str) -> bool {
         name.ends_with("_seconds")

@@ -128,7 +128,6 @@ type Reading = (&'static str, &'static str, &'static str, f64);
 pub struct MetricsHandle {
     prometheus: PrometheusHandle,
     process: bool,
-    duration_buckets: std::sync::Arc<[f64]>,
     hooks: std::sync::Arc<std::sync::Mutex<Vec<ScrapeHook>>>,
 }
 
@@ -182,7 +181,7 @@ impl MetricsHandle {
         };
         let attached = recorder.attach(otel::Instruments::new(
             meter,
-            self.duration_buckets.to_vec(),
+            recorder.exemplars().bounds().to_vec(),
             self.process,
             runtime,
         ));
@@ -210,7 +209,8 @@ impl MetricsHandle {
         let text = self.render();
         match RECORDER.get() {
             Some(recorder) => openmetrics::convert(&text, recorder.exemplars()),
-            None => openmetrics::convert(&text, &exemplars::Exemplars::new(&self.duration_buckets)),
+            // Not reached: a handle is made once the recorder is installed.
+            None => openmetrics::convert(&text, &exemplars::Exemplars::new(&[])),
         }
     }
 
@@ -281,7 +281,6 @@ pub fn install(config: &MetricsConfig, service: &ServiceConfig) -> Result<Metric
             let handle = MetricsHandle {
                 prometheus,
                 process: config.process,
-                duration_buckets: config.duration_buckets.clone().into(),
                 hooks: Default::default(),
             };
             INSTALLED.get_or_init(|| handle).clone()
