@@ -13,6 +13,8 @@ use opentelemetry::Context;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 
+use super::server_span::EndedSpan;
+
 /// Spans by what became of them: `exported`, `dropped` (the queue was full) or `failed` (the
 /// exporter could not deliver them).
 pub const SPANS_TOTAL: &str = "chassis_otel_spans_total";
@@ -64,12 +66,13 @@ pub(crate) trait Export: Send + 'static {
 pub(crate) struct Spans<E>(pub(crate) E);
 
 impl<E: SpanExporter + 'static> Export for Spans<E> {
-    type Item = SpanData;
+    type Item = EndedSpan;
     const NOUN: &'static str = "spans";
     const TOTAL: &'static str = SPANS_TOTAL;
     const WHEN_DROPPING: &'static str = "sample fewer with telemetry.sampling_ratio";
 
-    fn export(&mut self, batch: Vec<SpanData>) -> OTelSdkResult {
+    fn export(&mut self, batch: Vec<EndedSpan>) -> OTelSdkResult {
+        let batch = batch.into_iter().map(EndedSpan::into_span_data).collect();
         futures_executor::block_on(self.0.export(batch))
     }
 
@@ -246,12 +249,12 @@ impl<T: Send + 'static> BatchProcessor<T> {
     }
 }
 
-impl SpanProcessor for BatchProcessor<SpanData> {
+impl SpanProcessor for BatchProcessor<EndedSpan> {
     fn on_start(&self, _: &mut Span, _: &Context) {}
 
     fn on_end(&self, span: SpanData) {
         if span.span_context.is_sampled() {
-            self.enqueue(span);
+            self.enqueue(EndedSpan::Sdk(span));
         }
     }
 

@@ -48,7 +48,7 @@ pub struct TelemetryGuard {
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// Its batch processor, when it exports.
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
-static BATCH: OnceLock<super::batch::BatchProcessor<opentelemetry_sdk::trace::SpanData>> = OnceLock::new();
+static BATCH: OnceLock<super::batch::BatchProcessor<super::server_span::EndedSpan>> = OnceLock::new();
 /// The metrics' export, when they are exported.
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 static METRICS: OnceLock<super::metric_export::MetricExport> = OnceLock::new();
@@ -253,9 +253,17 @@ pub fn init(service: &ServiceConfig, config: &TelemetryConfig) -> Result<Telemet
     opentelemetry::global::set_text_map_propagator(super::propagation::composite_propagator());
     opentelemetry::global::set_tracer_provider(provider.clone());
     let _ = PROVIDER.set(provider.clone());
+    let sampling = span_source::Sampling::new(config.sampling_ratio);
     span_source::set_span_source(match exporting {
-        true => SpanSource::Recorded(provider.tracer("chassis")),
-        false => SpanSource::Propagated(span_source::Sampling::new(config.sampling_ratio)),
+        #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+        true => match BATCH.get() {
+            Some(batch) => SpanSource::Recorded {
+                spans: super::server_span::ServerSpans::new(batch),
+                sampling,
+            },
+            None => SpanSource::Propagated(sampling),
+        },
+        _ => SpanSource::Propagated(sampling),
     });
     Ok(TelemetryGuard {
         provider: Some(provider),
@@ -405,8 +413,21 @@ fn build_provider(resource: Resource, config: &TelemetryConfig) -> Result<(SdkTr
     }
     #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
     {
-        let exporter = super::batch::Spans(super::exporter::spans(&config.otlp)?);
-        let batch = super::batch::BatchProcessor::new(exporter, endpoint_name(&config.otlp), &config.otlp);
+        let endpoint = endpoint_name(&config.otlp);
+        let batch = match config.otlp.protocol {
+            // Encoded straight from the spans; see `otlp_encode`.
+            #[cfg(feature = "otlp-http")]
+            super::OtlpProtocol::HttpProtobuf => super::batch::BatchProcessor::new(
+                super::http_spans::HttpSpans::new(&config.otlp)?,
+                endpoint,
+                &config.otlp,
+            ),
+            #[allow(unreachable_patterns)]
+            _ => {
+                let exporter = super::batch::Spans(super::exporter::spans(&config.otlp)?);
+                super::batch::BatchProcessor::new(exporter, endpoint, &config.otlp)
+            }
+        };
         let _ = BATCH.set(batch.clone());
         Ok((builder.with_span_processor(batch).build(), true))
     }

@@ -29,15 +29,21 @@ mod config;
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 mod exporter;
 mod format;
+#[cfg(feature = "otlp-http")]
+mod http_spans;
 mod init;
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 mod log_export;
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 mod metric_export;
+#[cfg(feature = "otlp-http")]
+mod otlp_encode;
 mod propagation;
 pub mod request_id;
 mod request_span;
 mod route_names;
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+mod server_span;
 mod span_source;
 pub mod trace;
 

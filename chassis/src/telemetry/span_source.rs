@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use opentelemetry::Context as OtelContext;
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId};
-use opentelemetry_sdk::trace::{Sampler, SamplingDecision, SdkTracer, ShouldSample};
+use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
 
 /// Whether `telemetry.trace_level` lets server spans through (set by [`init`](super::init)).
 pub(super) static SERVER_SPANS: AtomicBool = AtomicBool::new(true);
@@ -18,8 +18,12 @@ pub(crate) fn set_server_spans(enabled: bool) {
 
 /// Where server spans come from, decided once by [`init`](super::init).
 pub(crate) enum SpanSource {
-    /// Export is on: spans recorded by the process' SDK provider.
-    Recorded(SdkTracer),
+    /// Export is on: sampled spans recorded by the chassis and queued for export.
+    #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+    Recorded {
+        spans: super::server_span::ServerSpans,
+        sampling: Sampling,
+    },
     /// Export is off: nothing would ever read a recorded span, so the context only gets fresh
     /// ids and the sampler's decision. Log lines still carry the ids and calls made while
     /// handling the request still propagate the trace, with the right sampled flag.
@@ -97,6 +101,13 @@ pub(super) fn span_source() -> SourceRef {
 /// A non-recording server span: the parent's trace (or a new one), a new span id, and the
 /// sampler's decision as the sampled flag.
 pub(super) fn propagated(sampling: &Sampling, parent: OtelContext, method: &'static str) -> OtelContext {
+    let span_context = decide(sampling, &parent, method);
+    parent.with_remote_span_context(span_context)
+}
+
+/// The server span's context under `parent`: the parent's trace (or a new one), a new span id,
+/// and the sampler's decision as the sampled flag.
+pub(super) fn decide(sampling: &Sampling, parent: &OtelContext, method: &'static str) -> SpanContext {
     // The SDK's generator draws from a thread-local `RefCell`'d generator; the request ids'
     // fast generator gives ids as random at less cost per request.
     let (trace_id, trace_state) = {
@@ -107,14 +118,14 @@ pub(super) fn propagated(sampling: &Sampling, parent: OtelContext, method: &'sta
             false => (TraceId::from(fastrand::u128(..)), Default::default()),
         }
     };
-    let (flags, trace_state) = match sampling.decided(&parent) {
+    let (flags, trace_state) = match sampling.decided(parent) {
         // What the SDK's sampler would say, without building its answer.
         Some(true) => (TraceFlags::SAMPLED, trace_state),
         Some(false) => (TraceFlags::default(), trace_state),
         None => {
             let decision = sampling
                 .sampler
-                .should_sample(Some(&parent), trace_id, method, &SpanKind::Server, &[], &[]);
+                .should_sample(Some(parent), trace_id, method, &SpanKind::Server, &[], &[]);
             match decision.decision {
                 SamplingDecision::RecordAndSample => (TraceFlags::SAMPLED, decision.trace_state),
                 SamplingDecision::RecordOnly => (TraceFlags::default(), decision.trace_state),
@@ -122,8 +133,7 @@ pub(super) fn propagated(sampling: &Sampling, parent: OtelContext, method: &'sta
             }
         }
     };
-    let span_context = SpanContext::new(trace_id, SpanId::from(fastrand::u64(..)), flags, false, trace_state);
-    parent.with_remote_span_context(span_context)
+    SpanContext::new(trace_id, SpanId::from(fastrand::u64(..)), flags, false, trace_state)
 }
 
 #[cfg(test)]

@@ -147,7 +147,15 @@ fn server_span<B>(source: &SpanSource, request: &Request<B>, method: &'static st
         parent.with_span(span)
     }
     let cx = match source {
-        SpanSource::Recorded(tracer) => start(tracer, parent, method),
+        #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+        SpanSource::Recorded { spans, sampling } => {
+            let context = super::span_source::decide(sampling, &parent, method);
+            if !context.is_sampled() {
+                return parent.with_remote_span_context(context);
+            }
+            let fields = super::server_span::RequestFields::of(request, method, version_str(request.version()));
+            return spans.start(parent, context, span_method(method), fields);
+        }
         SpanSource::Global(tracer) => start(tracer, parent, method),
         SpanSource::Propagated(sampling) => return propagated(sampling, parent, method),
     };
@@ -265,7 +273,8 @@ pin_project! {
             if let Some(scope) = this.scope.as_ref() {
                 let server = scope.otel.span();
                 if server.is_recording() {
-                    let mut attributes = vec![KeyValue::new("error.type", "client_closed")];
+                    let mut attributes = Attributes::new();
+                    attributes.push(KeyValue::new("error.type", "client_closed"));
                     name_by_route(&server, scope.method, this.route.get(), &mut attributes);
                     server.set_attributes(attributes);
                     server.set_status(Status::error("the client closed the connection before the response"));
@@ -276,13 +285,16 @@ pin_project! {
     }
 }
 
+/// The attributes a server span gets when it ends.
+type Attributes = smallvec::SmallVec<[KeyValue; 3]>;
+
 /// Names the server span by its route (`GET /orders/{id}`) and records `http.route`, or by
 /// the method alone for an unmatched request.
 fn name_by_route(
     server: &opentelemetry::trace::SpanRef<'_>,
     method: &'static str,
     route: Option<&str>,
-    attributes: &mut Vec<KeyValue>,
+    attributes: &mut Attributes,
 ) {
     match route {
         Some(route) => {
@@ -324,7 +336,8 @@ where
         let server = scope.otel.span();
         *this.finished = true;
         if server.is_recording() {
-            let mut attributes = Vec::with_capacity(3);
+            // On the stack: the span takes them one by one.
+            let mut attributes = Attributes::new();
             attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
             name_by_route(&server, method, route, &mut attributes);
             if status >= 500 {

@@ -1,0 +1,332 @@
+//! The server span of a request when spans are exported, recorded by the chassis instead of
+//! the SDK: the same span, at a fraction of the cost on the request's thread.
+//!
+//! An SDK span turns each request attribute into an owned `KeyValue` (the path, the user
+//! agent, the client address formatted as text, the request id) when the request starts, and
+//! builds its export data when it ends. Here the request's text attributes are copied into one
+//! buffer, the client address is kept as an address, and the ended span goes to the batch
+//! processor as it is: the export thread writes its attributes straight into the OTLP body
+//! (see [`otlp_encode`](super::otlp_encode)), or, for gRPC, converts it into the SDK's
+//! [`SpanData`]. Everything set through the OpenTelemetry API (attributes, events, links,
+//! status, name) is kept as the SDK keeps it, within the SDK's default limits.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::LazyLock;
+use std::time::SystemTime;
+
+use axum::extract::ConnectInfo;
+use http::{Request, header};
+use opentelemetry::trace::{Event, Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt};
+use opentelemetry::{Context as OtelContext, InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use smallvec::SmallVec;
+
+use super::RequestId;
+use super::batch::BatchProcessor;
+
+/// The SDK's default span limits, which the SDK's spans of the service follow too.
+const MAX_ATTRIBUTES: usize = 128;
+const MAX_EVENTS: usize = 128;
+const MAX_LINKS: usize = 128;
+const MAX_ATTRIBUTES_PER_EVENT: usize = 128;
+const MAX_ATTRIBUTES_PER_LINK: usize = 128;
+
+/// The instrumentation scope of the chassis' spans (the SDK tracer's `chassis`).
+pub(crate) static CHASSIS_SCOPE: LazyLock<InstrumentationScope> =
+    LazyLock::new(|| InstrumentationScope::builder("chassis").build());
+
+/// An ended span on its way to the exporter.
+#[derive(Debug)]
+pub(crate) enum EndedSpan {
+    /// A span of the SDK (the service's own, the chassis' client and store spans).
+    Sdk(SpanData),
+    /// A server span of the inbound layer.
+    Server(Box<ServerRecord>),
+}
+
+impl EndedSpan {
+    pub(crate) fn scope(&self) -> &InstrumentationScope {
+        match self {
+            Self::Sdk(span) => &span.instrumentation_scope,
+            Self::Server(_) => &CHASSIS_SCOPE,
+        }
+    }
+
+    /// The span as the SDK's exporters take it.
+    pub(crate) fn into_span_data(self) -> SpanData {
+        match self {
+            Self::Sdk(span) => span,
+            Self::Server(record) => record.into_span_data(),
+        }
+    }
+}
+
+/// The request's attributes, as they were when it arrived.
+#[derive(Debug)]
+pub(crate) struct RequestFields {
+    pub(crate) method: &'static str,
+    pub(crate) scheme: &'static str,
+    pub(crate) protocol_version: &'static str,
+    pub(crate) client: Option<IpAddr>,
+    /// The text attributes, one after another in `text`: each with where it ends.
+    texts: [(&'static str, u32); 4],
+    texts_len: u8,
+    /// Inside the span's own allocation for the usual path, user agent and request id.
+    text: SmallVec<[u8; 160]>,
+}
+
+impl RequestFields {
+    /// The fields of `request`, whose method label is `method`.
+    pub(crate) fn of<B>(request: &Request<B>, method: &'static str, protocol_version: &'static str) -> Self {
+        let agent = request.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+        // Request ids are visible ASCII (accepted or generated so), text as they are.
+        let request_id = request.extensions().get::<RequestId>().map(|id| id.0.as_bytes());
+        let original = (method == "_OTHER").then(|| request.method().as_str());
+        let texts = [
+            ("http.request.method_original", original.map(str::as_bytes)),
+            ("url.path", Some(request.uri().path().as_bytes())),
+            ("user_agent.original", agent.map(str::as_bytes)),
+            ("request_id", request_id),
+        ];
+        let mut fields = Self {
+            method,
+            scheme: crate::http::url_scheme(request),
+            protocol_version,
+            client: request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip()),
+            texts: [("", 0); 4],
+            texts_len: 0,
+            text: SmallVec::new(),
+        };
+        for (key, text) in texts {
+            if let Some(text) = text {
+                fields.text.extend_from_slice(text);
+                fields.texts[usize::from(fields.texts_len)] = (key, fields.text.len() as u32);
+                fields.texts_len += 1;
+            }
+        }
+        fields
+    }
+
+    /// The text attributes: key and value (UTF-8, from `&str`s and visible ASCII).
+    pub(crate) fn texts(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        let mut start = 0;
+        self.texts[..usize::from(self.texts_len)]
+            .iter()
+            .map(move |&(key, end)| {
+                let value = &self.text[start..end as usize];
+                start = end as usize;
+                (key, value)
+            })
+    }
+
+    /// How many attributes these are.
+    fn count(&self) -> usize {
+        3 + usize::from(self.texts_len) + usize::from(self.client.is_some())
+    }
+
+    /// Every attribute, as the SDK's span would carry it.
+    fn into_attributes(self, into: &mut Vec<KeyValue>) {
+        into.push(KeyValue::new("http.request.method", self.method));
+        into.push(KeyValue::new("url.scheme", self.scheme));
+        into.push(KeyValue::new("network.protocol.version", self.protocol_version));
+        for (key, value) in self.texts() {
+            into.push(KeyValue::new(key, String::from_utf8_lossy(value).into_owned()));
+        }
+        if let Some(client) = self.client {
+            into.push(KeyValue::new("client.address", client.to_string()));
+        }
+    }
+}
+
+/// An ended server span: what the export thread encodes.
+#[derive(Debug)]
+pub(crate) struct ServerRecord {
+    pub(crate) context: SpanContext,
+    pub(crate) parent_span_id: SpanId,
+    pub(crate) parent_is_remote: bool,
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) start: SystemTime,
+    pub(crate) end: SystemTime,
+    pub(crate) request: RequestFields,
+    /// The attributes set through the API: the status code, the route and, on failure, the
+    /// error type fit inside.
+    pub(crate) attributes: SmallVec<[KeyValue; 3]>,
+    pub(crate) dropped_attributes_count: u32,
+    pub(crate) events: SpanEvents,
+    pub(crate) links: SpanLinks,
+    pub(crate) status: Status,
+}
+
+impl ServerRecord {
+    fn into_span_data(self: Box<Self>) -> SpanData {
+        let record = *self;
+        let mut attributes = Vec::with_capacity(record.request.count() + record.attributes.len());
+        record.request.into_attributes(&mut attributes);
+        attributes.extend(record.attributes);
+        SpanData {
+            span_context: record.context,
+            parent_span_id: record.parent_span_id,
+            parent_span_is_remote: record.parent_is_remote,
+            span_kind: SpanKind::Server,
+            name: record.name,
+            start_time: record.start,
+            end_time: record.end,
+            attributes,
+            dropped_attributes_count: record.dropped_attributes_count,
+            events: record.events,
+            links: record.links,
+            status: record.status,
+            instrumentation_scope: CHASSIS_SCOPE.clone(),
+        }
+    }
+}
+
+/// Where the server spans of an exporting process go.
+pub(crate) struct ServerSpans {
+    batch: &'static BatchProcessor<EndedSpan>,
+}
+
+impl ServerSpans {
+    pub(crate) fn new(batch: &'static BatchProcessor<EndedSpan>) -> Self {
+        Self { batch }
+    }
+
+    /// `parent` with a recording server span of `context` (sampled) as its span.
+    pub(crate) fn start(
+        &self,
+        parent: OtelContext,
+        context: SpanContext,
+        name: &'static str,
+        request: RequestFields,
+    ) -> OtelContext {
+        let (parent_span_id, parent_is_remote) = {
+            let parent_span = parent.span();
+            let parent = parent_span.span_context();
+            match parent.is_valid() {
+                true => (parent.span_id(), parent.is_remote()),
+                false => (SpanId::INVALID, false),
+            }
+        };
+        let start = opentelemetry::time::now();
+        let record = Box::new(ServerRecord {
+            context: context.clone(),
+            parent_span_id,
+            parent_is_remote,
+            name: Cow::Borrowed(name),
+            start,
+            end: start,
+            request,
+            attributes: SmallVec::new(),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+        });
+        parent.with_span(ServerSpan {
+            context,
+            record: Some(record),
+            batch: self.batch,
+        })
+    }
+}
+
+/// A recording server span; see the module docs.
+#[derive(Debug)]
+pub(crate) struct ServerSpan {
+    context: SpanContext,
+    /// Until the span ends.
+    record: Option<Box<ServerRecord>>,
+    batch: &'static BatchProcessor<EndedSpan>,
+}
+
+impl ServerSpan {
+    fn finish(&mut self, end: SystemTime) {
+        if let Some(mut record) = self.record.take() {
+            record.end = end;
+            self.batch.enqueue(EndedSpan::Server(record));
+        }
+    }
+}
+
+impl opentelemetry::trace::Span for ServerSpan {
+    fn add_event_with_timestamp<T>(&mut self, name: T, timestamp: SystemTime, mut attributes: Vec<KeyValue>)
+    where
+        T: Into<Cow<'static, str>>,
+    {
+        let Some(record) = self.record.as_mut() else { return };
+        if record.events.len() < MAX_EVENTS {
+            let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_EVENT);
+            attributes.truncate(MAX_ATTRIBUTES_PER_EVENT);
+            record
+                .events
+                .events
+                .push(Event::new(name, timestamp, attributes, dropped as u32));
+        } else {
+            record.events.dropped_count += 1;
+        }
+    }
+
+    fn span_context(&self) -> &SpanContext {
+        &self.context
+    }
+
+    fn is_recording(&self) -> bool {
+        self.record.is_some()
+    }
+
+    fn set_attribute(&mut self, attribute: KeyValue) {
+        let Some(record) = self.record.as_mut() else { return };
+        if record.request.count() + record.attributes.len() < MAX_ATTRIBUTES {
+            record.attributes.push(attribute);
+        } else {
+            record.dropped_attributes_count += 1;
+        }
+    }
+
+    fn set_status(&mut self, status: Status) {
+        if let Some(record) = self.record.as_mut() {
+            // As the SDK: Ok is final, Error replaces Unset.
+            if status > record.status {
+                record.status = status;
+            }
+        }
+    }
+
+    fn update_name<T>(&mut self, new_name: T)
+    where
+        T: Into<Cow<'static, str>>,
+    {
+        if let Some(record) = self.record.as_mut() {
+            record.name = new_name.into();
+        }
+    }
+
+    fn add_link(&mut self, span_context: SpanContext, mut attributes: Vec<KeyValue>) {
+        let Some(record) = self.record.as_mut() else { return };
+        if record.links.len() < MAX_LINKS {
+            let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_LINK);
+            attributes.truncate(MAX_ATTRIBUTES_PER_LINK);
+            record
+                .links
+                .links
+                .push(Link::new(span_context, attributes, dropped as u32));
+        } else {
+            record.links.dropped_count += 1;
+        }
+    }
+
+    fn end_with_timestamp(&mut self, timestamp: SystemTime) {
+        self.finish(timestamp);
+    }
+}
+
+impl Drop for ServerSpan {
+    /// A span dropped without `end` ends now, as the SDK's does.
+    fn drop(&mut self) {
+        self.finish(opentelemetry::time::now());
+    }
+}
