@@ -254,7 +254,7 @@ impl SpanProcessor for BatchProcessor<EndedSpan> {
 
     fn on_end(&self, span: SpanData) {
         if span.span_context.is_sampled() {
-            self.enqueue(EndedSpan::Sdk(span));
+            self.enqueue(EndedSpan::Sdk(Box::new(span)));
         }
     }
 

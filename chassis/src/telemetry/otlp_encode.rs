@@ -490,7 +490,11 @@ mod tests {
     }
 
     fn ours(resource: &Resource, batch: &[SpanData]) -> ExportTraceServiceRequest {
-        let batch: Vec<EndedSpan> = batch.iter().cloned().map(EndedSpan::Sdk).collect();
+        let batch: Vec<EndedSpan> = batch
+            .iter()
+            .cloned()
+            .map(|span| EndedSpan::Sdk(Box::new(span)))
+            .collect();
         ours_ended(resource, &batch)
     }
 
@@ -657,7 +661,7 @@ mod tests {
                 &CHASSIS_SCOPE,
                 vec![KeyValue::new("db.system.name", "postgresql")],
             );
-            let batch = vec![server_record(method, remote_parent), EndedSpan::Sdk(sdk)];
+            let batch = vec![server_record(method, remote_parent), EndedSpan::Sdk(Box::new(sdk))];
             let decoded = ours_ended(&resource, &batch);
             let expected = sdk_encoding(&resource, batch.into_iter().map(EndedSpan::into_span_data).collect());
             assert_eq!(decoded, expected);
