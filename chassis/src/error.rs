@@ -59,18 +59,25 @@ impl Error {
 
     /// The error and its chain of sources, one per line, for a start-up failure message.
     pub fn report(&self) -> String {
-        let mut out = self.inner.to_string();
-        let mut source = self.inner.source();
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if !out.contains(&text) {
-                out.push_str("\n  caused by: ");
-                out.push_str(&text);
-            }
-            source = cause.source();
-        }
-        out
+        with_causes(&*self.inner, "\n  caused by: ")
     }
+}
+
+/// `error` and its chain of sources, outermost first, each after `separator`; a cause whose
+/// text the message already holds is left out (`client error (Connect): invalid peer
+/// certificate: UnknownIssuer`).
+pub(crate) fn with_causes(error: &(dyn std::error::Error + 'static), separator: &str) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(separator);
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl<E> From<E> for Error

@@ -417,20 +417,9 @@ fn plain_http_tls() -> std::sync::Arc<rustls::ClientConfig> {
     CONFIG.get_or_init(crate::tls::trusting_nothing).clone()
 }
 
-/// An error and its causes, outermost first: `client error (Connect): invalid peer
-/// certificate: UnknownIssuer`.
+/// An error and its causes, outermost first.
 fn causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    crate::error::with_causes(error, ": ")
 }
 
 /// Decodes a JSON response body (up to 8 MiB); a non-2xx status is an error carrying the body.

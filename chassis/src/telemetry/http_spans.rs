@@ -157,7 +157,8 @@ impl HttpSpans {
             .body(body.clone());
         runtime.block_on(async {
             let response = request.send().await.map_err(|e| Failure {
-                reason: with_causes(&e),
+                // reqwest's own message names the URL only; the causes say what happened.
+                reason: crate::error::with_causes(&e, ": "),
                 retry: Retry::Backoff,
             })?;
             let status = response.status();
@@ -282,22 +283,6 @@ fn percent_decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(decoded).ok()
-}
-
-/// An error with what caused it: reqwest's own message names the URL only, the cause says
-/// what happened (`Connection refused`, a timeout).
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Up to [`MAX_JITTER_MS`] of jitter, so that instances that failed together do not retry

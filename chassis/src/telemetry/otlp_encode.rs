@@ -204,15 +204,27 @@ impl Writer<'_> {
         self.string_unless_empty(3, &context.trace_state().header());
     }
 
-    fn span(&mut self, span: &SpanData) {
-        self.ids(&span.span_context);
-        if span.parent_span_id != SpanId::INVALID {
-            self.bytes(4, &span.parent_span_id.to_bytes());
+    /// A span's fields before its attributes.
+    fn head(&mut self, context: &SpanContext, parent: SpanId, name: &str, kind: &SpanKind, times: [SystemTime; 2]) {
+        self.ids(context);
+        if parent != SpanId::INVALID {
+            self.bytes(4, &parent.to_bytes());
         }
-        self.string_unless_empty(5, &span.name);
-        self.uint_unless_zero(6, kind(&span.span_kind));
-        self.fixed64(7, nanos(span.start_time));
-        self.fixed64(8, nanos(span.end_time));
+        self.string_unless_empty(5, name);
+        self.uint_unless_zero(6, span_kind(kind));
+        self.fixed64(7, nanos(times[0]));
+        self.fixed64(8, nanos(times[1]));
+    }
+
+    fn span(&mut self, span: &SpanData) {
+        let times = [span.start_time, span.end_time];
+        self.head(
+            &span.span_context,
+            span.parent_span_id,
+            &span.name,
+            &span.span_kind,
+            times,
+        );
         self.attributes(9, &span.attributes);
         self.rest(
             span.dropped_attributes_count,
@@ -274,14 +286,8 @@ impl Writer<'_> {
 
     /// A server span, its attributes in the order the SDK's span would hold them.
     fn server(&mut self, span: &ServerRecord) {
-        self.ids(&span.context);
-        if span.parent_span_id != SpanId::INVALID {
-            self.bytes(4, &span.parent_span_id.to_bytes());
-        }
-        self.string_unless_empty(5, &span.name);
-        self.uint(6, kind(&SpanKind::Server));
-        self.fixed64(7, nanos(span.start));
-        self.fixed64(8, nanos(span.end));
+        let times = [span.start, span.end];
+        self.head(&span.context, span.parent_span_id, &span.name, &SpanKind::Server, times);
         let request = &span.request;
         self.text_attribute(9, b"http.request.method", request.method.as_bytes());
         self.text_attribute(9, b"url.scheme", request.scheme.as_bytes());
@@ -319,7 +325,7 @@ fn varint_len(value: usize) -> usize {
     bits.div_ceil(7) as usize
 }
 
-fn kind(kind: &SpanKind) -> u64 {
+fn span_kind(kind: &SpanKind) -> u64 {
     match kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
