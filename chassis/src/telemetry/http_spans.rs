@@ -377,4 +377,132 @@ mod tests {
             .contains("OTEL_EXPORTER_OTLP_COMPRESSION=gzip")
         );
     }
+
+    /// A collector on loopback that answers each export with the next status of its script
+    /// (and `Retry-After` when given), then 200, and keeps what it was sent.
+    #[cfg(feature = "testing")]
+    struct Collector {
+        url: String,
+        received: std::sync::Arc<std::sync::Mutex<Vec<(HeaderMap, Bytes)>>>,
+    }
+
+    #[cfg(feature = "testing")]
+    impl Collector {
+        fn start(script: Vec<(u16, Option<&'static str>)>) -> Self {
+            use std::sync::{Arc, Mutex};
+            let received = Arc::new(Mutex::new(Vec::new()));
+            let kept = received.clone();
+            let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+            let (address, listening) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    address.send(listener.local_addr().unwrap()).unwrap();
+                    let export = move |headers: HeaderMap, body: Bytes| async move {
+                        kept.lock().unwrap().push((headers, body));
+                        let mut response = http::Response::builder();
+                        if let Some((status, retry_after)) = script.lock().unwrap().pop_front() {
+                            response = response.status(status);
+                            if let Some(after) = retry_after {
+                                response = response.header(http::header::RETRY_AFTER, after);
+                            }
+                        }
+                        response.body(axum::body::Body::empty()).unwrap()
+                    };
+                    let app = axum::Router::new().route("/v1/traces", axum::routing::post(export));
+                    axum::serve(listener, app).await.unwrap();
+                });
+            });
+            Self {
+                url: format!("http://{}", listening.recv().unwrap()),
+                received,
+            }
+        }
+
+        fn received(&self) -> Vec<(HeaderMap, Bytes)> {
+            self.received.lock().unwrap().clone()
+        }
+    }
+
+    #[cfg(feature = "testing")]
+    fn one_span() -> Vec<EndedSpan> {
+        let scope = opentelemetry::InstrumentationScope::builder("chassis").build();
+        let span = crate::telemetry::otlp_encode::tests::span("GET /users/{id}", &scope, vec![]);
+        vec![EndedSpan::Sdk(Box::new(span))]
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn an_unavailable_collector_is_retried_and_gets_the_batch_once_it_answers() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message as _;
+        let collector = Collector::start(vec![(503, Some("0")), (502, None)]);
+        let mut config = with_endpoint(&collector.url);
+        config.headers.insert("x-api-key".into(), "secret".into());
+        let mut exporter = exporter(&config, &[]).unwrap();
+        exporter.set_resource(
+            &opentelemetry_sdk::Resource::builder()
+                .with_service_name("orders")
+                .build(),
+        );
+
+        exporter.export(one_span()).expect("delivered on the third attempt");
+
+        let received = collector.received();
+        assert_eq!(received.len(), 3, "503, 502, then 200");
+        assert!(
+            received.iter().all(|(_, body)| body == &received[0].1),
+            "the same body each time"
+        );
+        let (headers, body) = &received[2];
+        assert_eq!(headers["x-api-key"], "secret");
+        assert_eq!(headers["content-type"], "application/x-protobuf");
+        let request = ExportTraceServiceRequest::decode(body.clone()).unwrap();
+        assert_eq!(
+            request.resource_spans[0].scope_spans[0].spans[0].name,
+            "GET /users/{id}"
+        );
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn a_refused_batch_is_not_retried_and_the_error_says_what_the_collector_answered() {
+        let collector = Collector::start(vec![(400, None)]);
+        let mut exporter = exporter(&with_endpoint(&collector.url), &[]).unwrap();
+        let error = exporter.export(one_span()).unwrap_err().to_string();
+        assert!(error.contains("the collector answered 400 Bad Request"), "{error}");
+        assert!(!error.contains("attempts"), "{error}");
+        assert_eq!(collector.received().len(), 1);
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn a_retry_after_beyond_the_timeout_fails_the_batch_at_once() {
+        let collector = Collector::start(vec![(503, Some("5"))]);
+        let mut config = with_endpoint(&collector.url);
+        config.timeout = Duration::from_secs(1);
+        let mut exporter = exporter(&config, &[]).unwrap();
+        let error = exporter.export(one_span()).unwrap_err().to_string();
+        assert!(error.contains("503 Service Unavailable"), "{error}");
+        assert_eq!(collector.received().len(), 1, "waiting 5 s would pass the 1 s timeout");
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn an_unreachable_collector_fails_after_the_retries_naming_the_cause() {
+        // A port that was just free: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut exporter = exporter(&with_endpoint(&format!("http://127.0.0.1:{port}")), &[]).unwrap();
+        let error = exporter.export(one_span()).unwrap_err().to_string();
+        assert!(error.contains("refused"), "the cause, not only the URL: {error}");
+        assert!(error.contains("after 4 attempts"), "{error}");
+    }
 }

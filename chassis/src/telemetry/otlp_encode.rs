@@ -438,7 +438,7 @@ pub(crate) fn encode_spans(resource: &EncodedResource, batch: &[EndedSpan], out:
 }
 
 #[cfg(all(test, feature = "testing"))]
-mod tests {
+pub(crate) mod tests {
     use std::borrow::Cow;
     use std::time::Duration;
 
@@ -463,7 +463,8 @@ mod tests {
         SpanContext::new(TraceId::from(trace), SpanId::from(span), flags, remote, state)
     }
 
-    fn span(name: &'static str, scope: &InstrumentationScope, attributes: Vec<KeyValue>) -> SpanData {
+    /// A sampled server span of 1.25 ms.
+    pub(crate) fn span(name: &'static str, scope: &InstrumentationScope, attributes: Vec<KeyValue>) -> SpanData {
         let start = UNIX_EPOCH + Duration::from_nanos(1_764_000_000_123_456_789);
         SpanData {
             span_context: context(
