@@ -63,3 +63,102 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+/// How many spans an OTLP `ExportTraceServiceRequest` body holds, read from the protobuf wire
+/// format without decoding the spans: the load runs' sink shares its core with the load
+/// generator, and decoding every span there would slow the generator, not the server measured.
+/// `None` when the body is not well-formed protobuf.
+pub fn count_spans(body: &[u8]) -> Option<u64> {
+    /// Calls `field` for each `(number, length-delimited payload)` of a message; other wire
+    /// types are skipped.
+    fn fields<'a>(mut message: &'a [u8], mut field: impl FnMut(u64, &'a [u8]) -> Option<()>) -> Option<()> {
+        fn varint(bytes: &mut &[u8]) -> Option<u64> {
+            let mut value = 0u64;
+            for shift in (0..64).step_by(7) {
+                let (&byte, rest) = bytes.split_first()?;
+                *bytes = rest;
+                value |= u64::from(byte & 0x7f) << shift;
+                if byte < 0x80 {
+                    return Some(value);
+                }
+            }
+            None
+        }
+        while !message.is_empty() {
+            let key = varint(&mut message)?;
+            match key & 7 {
+                0 => {
+                    varint(&mut message)?;
+                }
+                1 => message = message.get(8..)?,
+                2 => {
+                    let len = usize::try_from(varint(&mut message)?).ok()?;
+                    let payload = message.get(..len)?;
+                    message = &message[len..];
+                    field(key >> 3, payload)?;
+                }
+                5 => message = message.get(4..)?,
+                _ => return None,
+            }
+        }
+        Some(())
+    }
+    let mut spans = 0;
+    // ExportTraceServiceRequest.resource_spans (1) → ResourceSpans.scope_spans (2) → ScopeSpans.spans (2)
+    fields(body, |number, resource_spans| {
+        if number != 1 {
+            return Some(());
+        }
+        fields(resource_spans, |number, scope_spans| {
+            if number != 2 {
+                return Some(());
+            }
+            fields(scope_spans, |number, _| {
+                spans += u64::from(number == 2);
+                Some(())
+            })
+        })
+    })?;
+    Some(spans)
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message as _;
+
+    #[test]
+    fn spans_are_counted_as_decoding_counts_them() {
+        let scope = |n: usize| ScopeSpans {
+            spans: (0..n)
+                .map(|i| Span {
+                    name: format!("GET /users/{i}"),
+                    start_time_unix_nano: 1_764_000_000_000_000_000,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    scope_spans: vec![scope(3), scope(300)],
+                    ..Default::default()
+                },
+                ResourceSpans {
+                    scope_spans: vec![scope(0), scope(1)],
+                    ..Default::default()
+                },
+            ],
+        };
+        let body = request.encode_to_vec();
+        assert_eq!(super::count_spans(&body), Some(304));
+        assert_eq!(
+            super::count_spans(&body[..body.len() - 1]),
+            None,
+            "a cut body is not counted"
+        );
+        assert_eq!(super::count_spans(&[]), Some(0));
+    }
+}

@@ -3,7 +3,7 @@
 //! defaults (request id, trace with OpenTelemetry spans, metrics, load shedding, timeout, body
 //! limit, catch panic); `bench-server stack 3002` serves the same inbound stack with plain
 //! `axum::serve`, to tell the stack's cost from the runtime's; `bench-server otlp-sink 4318`
-//! accepts and drops OTLP exports, for runs with span export on. Logs go to stderr at WARN so the
+//! accepts OTLP exports, counts their spans and drops them, for runs with span export on. Logs go to stderr at WARN so the
 //! load run measures the stack, not the terminal.
 
 use std::process::ExitCode;
@@ -51,11 +51,8 @@ fn main() -> ExitCode {
                 static SPANS: AtomicU64 = AtomicU64::new(0);
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
                 let traces = |body: axum::body::Bytes| async move {
-                    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-                    use prost::Message as _;
-                    if let Ok(request) = ExportTraceServiceRequest::decode(body) {
-                        let spans = request.resource_spans.iter().flat_map(|r| &r.scope_spans);
-                        SPANS.fetch_add(spans.map(|s| s.spans.len() as u64).sum(), Ordering::Relaxed);
+                    if let Some(spans) = chassis_benches::count_spans(&body) {
+                        SPANS.fetch_add(spans, Ordering::Relaxed);
                     }
                 };
                 let sink = axum::Router::new()

@@ -46,6 +46,8 @@ pub(crate) enum EndedSpan {
 }
 
 impl EndedSpan {
+    /// The scope the span is exported under.
+    #[cfg(feature = "otlp-http")]
     pub(crate) fn scope(&self) -> &InstrumentationScope {
         match self {
             Self::Sdk(span) => &span.instrumentation_scope,
