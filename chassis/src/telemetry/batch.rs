@@ -65,11 +65,15 @@ pub(crate) trait Export: Send + 'static {
 /// Spans, through a span exporter.
 pub(crate) struct Spans<E>(pub(crate) E);
 
+/// What a span exporter's log lines call its items, and what to do when they are dropped.
+pub(crate) const SPANS_NOUN: &str = "spans";
+pub(crate) const SPANS_WHEN_DROPPING: &str = "sample fewer with telemetry.sampling_ratio";
+
 impl<E: SpanExporter + 'static> Export for Spans<E> {
     type Item = EndedSpan;
-    const NOUN: &'static str = "spans";
+    const NOUN: &'static str = SPANS_NOUN;
     const TOTAL: &'static str = SPANS_TOTAL;
-    const WHEN_DROPPING: &'static str = "sample fewer with telemetry.sampling_ratio";
+    const WHEN_DROPPING: &'static str = SPANS_WHEN_DROPPING;
 
     fn export(&mut self, batch: Vec<EndedSpan>) -> OTelSdkResult {
         let batch = batch.into_iter().map(EndedSpan::into_span_data).collect();

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 
-use super::batch::{Export, SPANS_TOTAL};
+use super::batch::{Export, SPANS_NOUN, SPANS_TOTAL, SPANS_WHEN_DROPPING};
 use super::otlp_encode::{EncodedResource, encode_spans};
 use super::server_span::EndedSpan;
 use super::{OtlpConfig, TelemetryError};
@@ -196,9 +196,9 @@ impl HttpSpans {
 
 impl Export for HttpSpans {
     type Item = EndedSpan;
-    const NOUN: &'static str = "spans";
+    const NOUN: &'static str = SPANS_NOUN;
     const TOTAL: &'static str = SPANS_TOTAL;
-    const WHEN_DROPPING: &'static str = "sample fewer with telemetry.sampling_ratio";
+    const WHEN_DROPPING: &'static str = SPANS_WHEN_DROPPING;
 
     fn export(&mut self, batch: Vec<EndedSpan>) -> OTelSdkResult {
         if batch.is_empty() {

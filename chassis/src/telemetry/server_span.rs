@@ -261,12 +261,11 @@ impl opentelemetry::trace::Span for ServerSpan {
     {
         let Some(record) = self.record.as_mut() else { return };
         if record.events.len() < MAX_EVENTS {
-            let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_EVENT);
-            attributes.truncate(MAX_ATTRIBUTES_PER_EVENT);
+            let dropped = cap(&mut attributes, MAX_ATTRIBUTES_PER_EVENT);
             record
                 .events
                 .events
-                .push(Event::new(name, timestamp, attributes, dropped as u32));
+                .push(Event::new(name, timestamp, attributes, dropped));
         } else {
             record.events.dropped_count += 1;
         }
@@ -310,12 +309,8 @@ impl opentelemetry::trace::Span for ServerSpan {
     fn add_link(&mut self, span_context: SpanContext, mut attributes: Vec<KeyValue>) {
         let Some(record) = self.record.as_mut() else { return };
         if record.links.len() < MAX_LINKS {
-            let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_LINK);
-            attributes.truncate(MAX_ATTRIBUTES_PER_LINK);
-            record
-                .links
-                .links
-                .push(Link::new(span_context, attributes, dropped as u32));
+            let dropped = cap(&mut attributes, MAX_ATTRIBUTES_PER_LINK);
+            record.links.links.push(Link::new(span_context, attributes, dropped));
         } else {
             record.links.dropped_count += 1;
         }
@@ -324,6 +319,14 @@ impl opentelemetry::trace::Span for ServerSpan {
     fn end_with_timestamp(&mut self, timestamp: SystemTime) {
         self.finish(timestamp);
     }
+}
+
+/// Keeps the first `limit` of an event's or link's attributes, as the SDK does; the number
+/// left out.
+fn cap(attributes: &mut Vec<KeyValue>, limit: usize) -> u32 {
+    let dropped = attributes.len().saturating_sub(limit);
+    attributes.truncate(limit);
+    dropped as u32
 }
 
 impl Drop for ServerSpan {
