@@ -207,7 +207,7 @@ impl Export for HttpSpans {
         let mut body = Vec::with_capacity(self.last_body + self.last_body / 8);
         encode_spans(&self.resource, &batch, &mut body);
         // The spans' memory goes back before the wait on the network.
-        drop(batch);
+        super::server_span::SPARES.give_back(batch);
         self.last_body = body.len();
         let body = Bytes::from(body);
         let deadline = Instant::now() + self.timeout;

@@ -81,17 +81,21 @@ impl Writer<'_> {
 
     /// A nested message: `body` writes its fields, and its length goes in front of them
     /// afterwards. One byte is set aside for the length, which fits any message shorter than
-    /// 128 bytes (most attributes); a longer one moves its bytes up by what the length needs.
+    /// 128 bytes (most attributes).
     fn message(&mut self, field: u32, body: impl FnOnce(&mut Self)) {
+        self.message_sized(field, 1, body);
+    }
+
+    /// A nested message whose length usually takes `width` bytes as a varint (2 for a span,
+    /// 3 for a batch's scope): set aside up front, so that only a message of another size
+    /// moves its bytes, by what its length needs more or less.
+    fn message_sized(&mut self, field: u32, width: usize, body: impl FnOnce(&mut Self)) {
         self.key(field, LEN);
         let at = self.buf.len();
-        self.buf.push(0);
+        self.buf.resize(at + width, 0);
         body(self);
-        let len = self.buf.len() - at - 1;
-        if len < 0x80 {
-            self.buf[at] = len as u8;
-            return;
-        }
+        let end = self.buf.len();
+        let len = end - at - width;
         let mut prefix = [0u8; 10];
         let mut used = 0;
         let mut rest = len as u64;
@@ -102,9 +106,13 @@ impl Writer<'_> {
         }
         prefix[used] = rest as u8;
         used += 1;
-        let end = self.buf.len();
-        self.buf.resize(end + used - 1, 0);
-        self.buf.copy_within(at + 1..end, at + used);
+        if used > width {
+            self.buf.resize(end + used - width, 0);
+            self.buf.copy_within(at + width..end, at + used);
+        } else if used < width {
+            self.buf.copy_within(at + width..end, at + used);
+            self.buf.truncate(end - (width - used));
+        }
         self.buf[at..at + used].copy_from_slice(&prefix[..used]);
     }
 
@@ -422,13 +430,13 @@ pub(crate) fn encode_spans(resource: &EncodedResource, batch: &[EndedSpan], out:
         }
     }
     let mut writer = Writer { buf: out };
-    writer.message(1, |resource_spans| {
+    writer.message_sized(1, 3, |resource_spans| {
         resource_spans.message(1, |r| r.buf.extend_from_slice(&resource.resource));
         for scope in scopes {
-            resource_spans.message(2, |scope_spans| {
+            resource_spans.message_sized(2, 3, |scope_spans| {
                 scope_spans.message(1, |s| s.scope(scope));
                 for span in batch.iter().filter(|span| same(span.scope(), scope)) {
-                    scope_spans.message(2, |s| s.ended(span));
+                    scope_spans.message_sized(2, 2, |s| s.ended(span));
                 }
                 scope_spans.string_unless_empty(3, scope.schema_url().unwrap_or_default());
             });
@@ -707,6 +715,22 @@ pub(crate) mod tests {
             let mut text = [0u8; 48];
             let len = ip_text(address, &mut text);
             assert_eq!(std::str::from_utf8(&text[..len]).unwrap(), address.to_string());
+        }
+    }
+
+    #[test]
+    fn messages_of_any_length_get_the_length_they_need_whatever_was_set_aside() {
+        for width in 1..=3 {
+            for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 2_097_151, 2_097_152] {
+                let mut buf = Vec::new();
+                Writer { buf: &mut buf }.message_sized(2, width, |m| m.buf.resize(m.buf.len() + len, 7));
+                let mut rest = &buf[1..];
+                assert_eq!(buf[0], 2 << 3 | LEN as u8);
+                assert_eq!(prost::encoding::decode_varint(&mut rest).unwrap() as usize, len);
+                assert_eq!(rest.len(), len, "{len} bytes behind a length of {width} set aside");
+                assert!(rest.iter().all(|&b| b == 7));
+                assert_eq!(buf.len(), 1 + varint_len(len) + len, "the shortest length");
+            }
         }
     }
 

@@ -11,8 +11,10 @@
 //! status, name) is kept as the SDK keeps it, within the SDK's default limits.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::time::SystemTime;
 
 use axum::extract::ConnectInfo;
@@ -187,6 +189,112 @@ impl ServerRecord {
     }
 }
 
+/// Exported server spans' records, handed back from the export thread for the next requests.
+///
+/// A record is allocated on a request's thread and let go on the export thread. Freed there,
+/// each one would cost glibc's allocator the allocating thread's arena lock, and the request
+/// threads, whose thread caches never get that memory back, would allocate every record from
+/// their arena again. Handed back a batch at a time, a record costs a lock per batch and no
+/// allocation. At most [`STASHED_BATCHES`] batches wait here, plus one batch held by each
+/// request thread; the rest are freed.
+pub(crate) struct Spares {
+    #[expect(clippy::vec_box, reason = "the boxes are the allocations handed to the next spans")]
+    stash: Mutex<Vec<Vec<Box<ServerRecord>>>>,
+    /// How many batches `stash` holds, read without its lock: with the gRPC exporter, which
+    /// hands nothing back, a span only reads this.
+    stashed: AtomicUsize,
+}
+
+/// How many batches of records [`Spares`] keeps.
+#[cfg(feature = "otlp-http")]
+const STASHED_BATCHES: usize = 4;
+
+/// The spares of the process' server spans.
+pub(crate) static SPARES: Spares = Spares::new();
+
+thread_local! {
+    /// The batch of spares this thread takes its records from.
+    #[expect(clippy::vec_box, reason = "the boxes are the allocations handed to the next spans")]
+    static HELD: RefCell<Vec<Box<ServerRecord>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Spares {
+    pub(crate) const fn new() -> Self {
+        Self {
+            stash: Mutex::new(Vec::new()),
+            stashed: AtomicUsize::new(0),
+        }
+    }
+
+    /// `record` in a spare allocation, or in a new one when there is none.
+    fn boxed(&self, record: ServerRecord) -> Box<ServerRecord> {
+        match self.take() {
+            Some(mut spare) => {
+                *spare = record;
+                spare
+            }
+            None => Box::new(record),
+        }
+    }
+
+    fn take(&self) -> Option<Box<ServerRecord>> {
+        HELD.try_with(|held| {
+            let mut held = held.borrow_mut();
+            if let Some(spare) = held.pop() {
+                return Some(spare);
+            }
+            if self.stashed.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            let mut stash = self.stash.lock().ok()?;
+            *held = stash.pop()?;
+            self.stashed.store(stash.len(), Ordering::Relaxed);
+            drop(stash);
+            held.pop()
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Keeps the records of the server spans in `batch`, emptied, for the next requests.
+    #[cfg(feature = "otlp-http")]
+    pub(crate) fn give_back(&self, batch: Vec<EndedSpan>) {
+        let records: Vec<Box<ServerRecord>> = batch
+            .into_iter()
+            .filter_map(|span| match span {
+                EndedSpan::Server(mut record) => {
+                    record.empty();
+                    Some(record)
+                }
+                EndedSpan::Sdk(_) => None,
+            })
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        let Ok(mut stash) = self.stash.lock() else { return };
+        if stash.len() < STASHED_BATCHES {
+            stash.push(records);
+            self.stashed.store(stash.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(feature = "otlp-http")]
+impl ServerRecord {
+    /// Lets go of what the record owns (set through the API), so that a spare holds no memory
+    /// but its own and the next request's drop of it is trivial.
+    fn empty(&mut self) {
+        self.name = Cow::Borrowed("");
+        self.attributes.clear();
+        self.events = SpanEvents::default();
+        self.links = SpanLinks::default();
+        self.status = Status::Unset;
+        self.request.text = SmallVec::new();
+        self.request.texts_len = 0;
+    }
+}
+
 /// Where the server spans of an exporting process go.
 pub(crate) struct ServerSpans {
     batch: &'static BatchProcessor<EndedSpan>,
@@ -214,7 +322,7 @@ impl ServerSpans {
             }
         };
         let start = opentelemetry::time::now();
-        let record = Box::new(ServerRecord {
+        let record = SPARES.boxed(ServerRecord {
             context: context.clone(),
             parent_span_id,
             parent_is_remote,
@@ -478,5 +586,62 @@ mod tests {
         assert_eq!(ended[0].status, Status::Ok, "Ok is final");
         let texts: Vec<(&str, &[u8])> = ended[0].request.texts().collect();
         assert_eq!(texts, [("url.path", &b"/orders/7"[..])]);
+    }
+
+    #[cfg(feature = "otlp-http")]
+    #[test]
+    fn records_handed_back_serve_the_next_spans_emptied() {
+        // A thread of its own: its batch of spares is empty until it takes one from `spares`.
+        std::thread::spawn(|| {
+            let harness = Harness::new();
+            let cx = harness.start(OtelContext::new());
+            cx.span().set_attribute(KeyValue::new("http.route", "/orders/{id}"));
+            cx.span().add_event("tick", vec![]);
+            cx.span().set_status(Status::error("boom"));
+            cx.span().update_name("GET /orders/{id}");
+            drop(cx);
+            harness.batch.flush_within(Duration::from_secs(10)).unwrap();
+            let ended = std::mem::take(&mut *harness.captured.lock().unwrap());
+            let EndedSpan::Server(record) = &ended[0] else {
+                panic!("a server span")
+            };
+            let address: *const ServerRecord = &**record;
+
+            let spares = Spares::new();
+            spares.give_back(ended);
+            let reused = spares.boxed(ServerRecord {
+                context: SpanContext::empty_context(),
+                parent_span_id: SpanId::INVALID,
+                parent_is_remote: false,
+                name: Cow::Borrowed("next"),
+                start: SystemTime::UNIX_EPOCH,
+                end: SystemTime::UNIX_EPOCH,
+                request: RequestFields::of(&Request::builder().body(()).unwrap(), "GET", "1.1"),
+                attributes: SmallVec::new(),
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: Status::Unset,
+            });
+            assert_eq!(
+                &*reused as *const ServerRecord, address,
+                "the exported record's allocation"
+            );
+            assert_eq!(reused.name, "next");
+            assert!(reused.attributes.is_empty() && reused.events.is_empty());
+            assert_eq!(reused.status, Status::Unset);
+            assert!(spares.take().is_none(), "one record was handed back, and it is taken");
+
+            // A full stash frees what comes on top.
+            for _ in 0..STASHED_BATCHES + 2 {
+                let cx = harness.start(OtelContext::new());
+                drop(cx);
+                harness.batch.flush_within(Duration::from_secs(10)).unwrap();
+                spares.give_back(std::mem::take(&mut *harness.captured.lock().unwrap()));
+            }
+            assert_eq!(spares.stash.lock().unwrap().len(), STASHED_BATCHES);
+        })
+        .join()
+        .unwrap();
     }
 }
