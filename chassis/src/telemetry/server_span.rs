@@ -609,6 +609,17 @@ mod tests {
 
             let spares = Spares::new();
             spares.give_back(ended);
+            let spare = spares.take().expect("the record handed back");
+            assert_eq!(
+                &*spare as *const ServerRecord, address,
+                "the exported record's allocation"
+            );
+            assert_eq!(spare.name, "");
+            assert!(spare.attributes.is_empty() && spare.events.is_empty());
+            assert_eq!(spare.status, Status::Unset);
+            assert_eq!(spare.request.texts().count(), 0, "nothing of the old request");
+            spares.stash.lock().unwrap().push(vec![spare]);
+            spares.stashed.store(1, Ordering::Relaxed);
             let reused = spares.boxed(ServerRecord {
                 context: SpanContext::empty_context(),
                 parent_span_id: SpanId::INVALID,
@@ -627,9 +638,7 @@ mod tests {
                 &*reused as *const ServerRecord, address,
                 "the exported record's allocation"
             );
-            assert_eq!(reused.name, "next");
-            assert!(reused.attributes.is_empty() && reused.events.is_empty());
-            assert_eq!(reused.status, Status::Unset);
+            assert_eq!(reused.name, "next", "the new span's fields in it");
             assert!(spares.take().is_none(), "one record was handed back, and it is taken");
 
             // A full stash frees what comes on top.
