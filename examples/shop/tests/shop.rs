@@ -2,7 +2,7 @@
 //! once on RabbitMQ and once on NATS with PostgreSQL (selected by config alone), each in a
 //! schema of its own.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chassis::testing::{backend, backend_url, postgres_schema, reachable};
 use serde_json::{Value, json};
@@ -76,6 +76,7 @@ impl Shop {
 }
 
 async fn scenario(setup: Setup) {
+    let rate = setup.requests_per_second;
     let system = setup.start().await.expect("the shop starts");
     let shop = Shop {
         gateway: format!("http://{}", system.gateway.http_addr()),
@@ -122,15 +123,36 @@ async fn scenario(setup: Setup) {
         );
     }
 
-    // ... and rate-limits per client: one client's burst leaves the others alone.
+    // ... and rate-limits per client: one client's burst leaves the others alone. The limit is
+    // `rate` a second with bursts of `rate`, so in the time the requests took at most
+    // `rate + rate × elapsed` of them pass, however fast or slow this machine answers them.
     let greedy = token("demo-secret", "greedy", 60);
-    let mut limited = 0;
-    for _ in 0..80 {
-        if bearer(greedy.clone()).await.unwrap().status() == 429 {
-            limited += 1;
+    let sent = 150;
+    let started = Instant::now();
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..sent {
+        burst.spawn(http.get(format!("{gateway}/orders/0")).bearer_auth(&greedy).send());
+    }
+    let statuses = burst.join_all().await;
+    let elapsed = started.elapsed();
+    let mut passed = 0;
+    for status in statuses {
+        match status.unwrap().status().as_u16() {
+            404 => passed += 1,
+            429 => {}
+            other => panic!("a request of the burst was answered {other}"),
         }
     }
-    assert!(limited >= 10, "only {limited} of 80 requests limited");
+    let rate = rate as usize;
+    let budget = rate + (rate as f64 * elapsed.as_secs_f64()).ceil() as usize;
+    assert!(
+        passed >= rate.min(sent),
+        "a burst within the limit passes: {passed} of {sent}"
+    );
+    assert!(
+        passed <= budget,
+        "{passed} of {sent} passed in {elapsed:?}; the limit lets {budget} through"
+    );
     assert_eq!(shop.get("/orders/0").await.status(), 404, "demo-key still passes");
 
     // One Idempotency-Key, two requests: one order.
