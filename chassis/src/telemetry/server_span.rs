@@ -230,7 +230,10 @@ impl Spares {
     fn boxed(&self, record: ServerRecord) -> Box<ServerRecord> {
         match self.take() {
             Some(mut spare) => {
-                *spare = record;
+                // A spare is emptied (owns no memory), so it is overwritten without being
+                // dropped: dropping it would read each of its fields, which the export thread
+                // touched last and are out of this core's cache by now.
+                std::mem::forget(std::mem::replace(&mut *spare, record));
                 spare
             }
             None => Box::new(record),
@@ -282,16 +285,31 @@ impl Spares {
 
 #[cfg(feature = "otlp-http")]
 impl ServerRecord {
-    /// Lets go of what the record owns (set through the API), so that a spare holds no memory
-    /// but its own and the next request's drop of it is trivial.
+    /// Lets go of everything the record owns, here on the export thread: a spare owns no
+    /// memory, so that the next request can overwrite it without dropping it.
     fn empty(&mut self) {
-        self.name = Cow::Borrowed("");
-        self.attributes.clear();
-        self.events = SpanEvents::default();
-        self.links = SpanLinks::default();
-        self.status = Status::Unset;
-        self.request.text = SmallVec::new();
-        self.request.texts_len = 0;
+        *self = Self {
+            context: SpanContext::NONE,
+            parent_span_id: SpanId::INVALID,
+            parent_is_remote: false,
+            name: Cow::Borrowed(""),
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH,
+            request: RequestFields {
+                method: "",
+                scheme: "",
+                protocol_version: "",
+                client: None,
+                texts: [("", 0); 4],
+                texts_len: 0,
+                text: SmallVec::new(),
+            },
+            attributes: SmallVec::new(),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+        };
     }
 }
 
@@ -618,6 +636,11 @@ mod tests {
             assert!(spare.attributes.is_empty() && spare.events.is_empty());
             assert_eq!(spare.status, Status::Unset);
             assert_eq!(spare.request.texts().count(), 0, "nothing of the old request");
+            assert_eq!(spare.context, SpanContext::NONE, "no trace state kept");
+            assert!(
+                !spare.attributes.spilled() && !spare.request.text.spilled(),
+                "a spare owns no memory: it is overwritten without a drop"
+            );
             spares.stash.lock().unwrap().push(vec![spare]);
             spares.stashed.store(1, Ordering::Relaxed);
             let reused = spares.boxed(ServerRecord {
