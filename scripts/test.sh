@@ -52,6 +52,21 @@ start() {
 start PostgreSQL 5432 sh -c 'pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start'
 start Redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no
 start RabbitMQ 5672 rabbitmq-server -detached
+# A RabbitMQ node can keep its port open while it no longer starts connections (the kernel
+# accepts them, the node never answers the protocol header): every AMQP test would then fail
+# on a timeout. It counts as down and is restarted.
+amqp_answers() {
+    timeout 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672 && printf "AMQP\0\0\11\1" >&3 &&
+        [ "$(head -c 1 <&3 | od -An -tx1 | tr -d " ")" = 01 ]' 2>/dev/null
+}
+if ! amqp_answers; then
+    echo "restarting RabbitMQ (port 5672 is open, but it does not answer the AMQP header)"
+    as_root timeout 30 rabbitmqctl stop >/dev/null 2>&1 || as_root pkill -9 -f 'beam.*rabbit' || true
+    for _ in $(seq 1 30); do port_open 5672 || break; sleep 1; done
+    as_root rabbitmq-server -detached || true
+    for _ in $(seq 1 60); do amqp_answers && break; sleep 1; done
+    amqp_answers || { echo "error: RabbitMQ does not answer on 127.0.0.1:5672" >&2; exit 1; }
+fi
 start "NATS (JetStream)" 4222 sh -c 'mkdir -p /var/lib/nats-server && start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server'
 
 # The tests connect as postgres without a password to the database `test`.
