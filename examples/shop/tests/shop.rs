@@ -76,7 +76,7 @@ impl Shop {
 }
 
 async fn scenario(setup: Setup) {
-    let rate = setup.requests_per_second;
+    let rate = setup.requests_per_second as usize;
     let system = setup.start().await.expect("the shop starts");
     let shop = Shop {
         gateway: format!("http://{}", system.gateway.http_addr()),
@@ -154,7 +154,6 @@ async fn scenario(setup: Setup) {
             other => panic!("a request of the burst was answered {other}"),
         }
     }
-    let rate = rate as usize;
     let budget = rate + (rate as f64 * elapsed.as_secs_f64()).ceil() as usize;
     assert!(
         passed >= rate.min(sent),
