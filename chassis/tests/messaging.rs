@@ -10,7 +10,7 @@ use chassis::messaging::{
     AmqpTransport, Bus, Event, Incoming, Kind, MemoryTransport, Message, MessagingConfig, NatsTransport, RawMessage,
     Transport,
 };
-use chassis::testing::{backend, backend_url, eventually};
+use chassis::testing::{backend, backend_url, delete_broker_namespace, eventually};
 use futures_util::StreamExt as _;
 use opentelemetry::trace::TraceContextExt as _;
 use tokio_util::sync::CancellationToken;
@@ -375,11 +375,12 @@ async fn memory_redelivers_and_continues_the_trace() {
 }
 
 async fn delete_streams(cleanup: Option<(NatsTransport, String)>) {
-    if let Some((transport, namespace)) = cleanup {
-        let upper = namespace.to_uppercase();
-        for family in ["EVENTS", "COMMANDS", "DEAD_LETTERS"] {
-            let _ = transport.jetstream().delete_stream(format!("{upper}_{family}")).await;
-        }
+    if let Some((_, namespace)) = cleanup {
+        let url = backend_url("NATS_URL", "nats://127.0.0.1:4222");
+        let deleted = delete_broker_namespace("nats", &url, &namespace)
+            .await
+            .expect("the namespace's streams deleted");
+        assert_eq!(deleted, 3, "the events', commands' and dead letters' streams");
     }
 }
 
@@ -459,30 +460,12 @@ fn amqp_url() -> String {
 }
 
 async fn delete_amqp(namespace: String) {
-    let url = amqp_url();
-    let Ok(connection) = lapin::Connection::connect(&url, Default::default()).await else {
-        return;
-    };
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
-    for group in [
-        "billing", "shipping", "mailer", "workers", "flaky", "crashy", "traced", "survivor",
-    ] {
-        let queue = format!("{namespace}.{group}.{}", OrderPlaced::TYPE);
-        let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
-    }
-    let _ = channel
-        .queue_delete(
-            format!("{namespace}.dead-letters.flaky").as_str().into(),
-            Default::default(),
-        )
-        .await;
-    for exchange in ["events", "commands", "dead-letters"] {
-        let _ = channel
-            .exchange_delete(format!("{namespace}.{exchange}").as_str().into(), Default::default())
-            .await;
-    }
+    let deleted = delete_broker_namespace("amqp", &amqp_url(), &namespace)
+        .await
+        .expect("the namespace's queues and exchanges deleted");
+    assert!(deleted >= 3, "at least the namespace's three exchanges: {deleted}");
+    let left = delete_broker_namespace("amqp", &amqp_url(), &namespace).await.unwrap();
+    assert_eq!(left, 0, "nothing of {namespace} is left on the broker");
 }
 
 #[tokio::test]

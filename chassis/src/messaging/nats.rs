@@ -118,6 +118,12 @@ impl NatsTransport {
         format!("{}_{family}", self.namespace.to_uppercase())
     }
 
+    /// The names of the namespace's streams, as `connect` creates them.
+    #[cfg(feature = "testing")]
+    pub(crate) fn stream_names(&self) -> [String; 3] {
+        ["EVENTS", "COMMANDS", "DEAD_LETTERS"].map(|family| self.stream_name(family))
+    }
+
     /// The dead letters' subject of `group`: `{ns}.deadletter.{group}`.
     pub fn dead_letter_subject(&self, group: &str) -> String {
         format!("{}.deadletter.{}", self.namespace, token(group))

@@ -17,6 +17,7 @@
 //! ```
 
 mod backend;
+mod broker;
 mod otlp;
 mod pki;
 #[cfg(feature = "postgres")]
@@ -32,6 +33,7 @@ use serde::de::DeserializeOwned;
 pub use backend::{
     backend, backend_url, backends_required, eventually, eventually_within, free_port, host_port, reachable,
 };
+pub use broker::delete_broker_namespace;
 pub use otlp::{OtlpReceiver, ReceivedLog, ReceivedMetric, ReceivedSpan};
 pub use pki::{IssuedCertificate, TestPki};
 #[cfg(feature = "postgres")]

@@ -21,7 +21,8 @@ use std::time::Duration;
 use chassis::messaging::{INBOX_TOTAL, Message as _};
 use chassis::outbox::RELAY_APPLICATION_NAME;
 use chassis::testing::{
-    Fault, FaultProxy, backend, backend_url, eventually_within, host_port, postgres_schema, reachable,
+    Fault, FaultProxy, backend, backend_url, delete_broker_namespace, eventually_within, host_port, postgres_schema,
+    reachable,
 };
 use serde_json::{Value, json};
 use shop::{Backend, Database, Setup, System};
@@ -357,6 +358,10 @@ async fn chaos(name: &str, transport: &str, broker_url: String, default_port: u1
 
     let chaos = Arc::into_inner(chaos).expect("the clients are done");
     chaos.system.stop().await;
+    // Straight to the broker, past the proxy: the run's durable queues and streams go.
+    delete_broker_namespace(transport, &broker_url, &chaos.run)
+        .await
+        .expect("the run's namespace deleted from the broker");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

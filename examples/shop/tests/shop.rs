@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chassis::testing::{backend, backend_url, postgres_schema, reachable};
+use chassis::testing::{backend, backend_url, delete_broker_namespace, postgres_schema, reachable};
 use serde_json::{Value, json};
 use shop::{Backend, Database, Setup, System};
 
@@ -376,13 +376,15 @@ async fn the_shop_on_rabbitmq_and_postgresql() {
         return;
     }
     let postgres = postgres_schema(&postgres, "shop").await.unwrap();
+    let namespace = format!("shop-test-{}", uuid::Uuid::new_v4());
     scenario(fast(Backend::Broker {
         transport: "amqp".into(),
-        url: amqp,
-        namespace: format!("shop-test-{}", uuid::Uuid::new_v4()),
+        url: amqp.clone(),
+        namespace: namespace.clone(),
         database: Database::Postgres(postgres),
     }))
     .await;
+    delete_namespace("amqp", &amqp, &namespace).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,11 +397,22 @@ async fn the_shop_on_nats_and_postgresql() {
         return;
     }
     let postgres = postgres_schema(&postgres, "shop").await.unwrap();
+    let namespace = format!("shop-test-{}", uuid::Uuid::new_v4().simple());
     scenario(fast(Backend::Broker {
         transport: "nats".into(),
-        url: nats,
-        namespace: format!("shop-test-{}", uuid::Uuid::new_v4().simple()),
+        url: nats.clone(),
+        namespace: namespace.clone(),
         database: Database::Postgres(postgres),
     }))
     .await;
+    delete_namespace("nats", &nats, &namespace).await;
+}
+
+/// Deletes the broker objects of the run's namespace, so that runs do not pile up durable
+/// queues and streams on a shared broker.
+async fn delete_namespace(transport: &str, url: &str, namespace: &str) {
+    let deleted = delete_broker_namespace(transport, url, namespace)
+        .await
+        .unwrap_or_else(|error| panic!("deleting {namespace} on {transport}: {error}"));
+    assert!(deleted > 0, "the services declared {namespace}'s queues or streams");
 }
