@@ -24,10 +24,13 @@ pub async fn delete_broker_namespace(transport: &str, url: &str, namespace: &str
         "nats" => nats(url, namespace).await,
         #[cfg(feature = "amqp")]
         "amqp" => amqp(url, namespace).await,
-        other => Err(format!(
-            "cannot delete the broker objects of transport {other:?}: this build knows how for {}",
-            known().join(" and ")
-        )),
+        other => {
+            let _ = (url, namespace);
+            Err(format!(
+                "cannot delete the broker objects of transport {other:?}: this build knows how for {}",
+                known().join(" and ")
+            ))
+        }
     }
 }
 
