@@ -13,7 +13,7 @@ use axum::routing::post;
 use chassis::messaging::{Bus, Event, Incoming, Kind, Message, MessagingConfig, Transport};
 use chassis::runtime::{Options, RunningService, StartError};
 use chassis::storage::Transaction;
-use chassis::testing::{Fault, FaultProxy, backend, backend_url, eventually, reachable};
+use chassis::testing::{Fault, FaultProxy, backend, backend_url, delete_broker_namespace, eventually, reachable};
 use serde::{Deserialize, Serialize};
 use sqlx::{AssertSqlSafe, PgPool};
 
@@ -61,6 +61,14 @@ async fn postgres() -> Option<PgPool> {
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Deletes what a test's services declared on `transport`'s broker under `namespace`, so that
+/// runs leave no durable queues or streams behind on a shared broker.
+async fn delete_namespace(transport: &str, url: &str, namespace: &str) {
+    delete_broker_namespace(transport, url, namespace)
+        .await
+        .unwrap_or_else(|error| panic!("deleting {namespace} on {transport}: {error}"));
 }
 
 /// Test options for a service on `transport` at `url`, with PostgreSQL.
@@ -218,8 +226,8 @@ async fn drop_tables(pool: &PgPool, table: &str) {
 /// Committed messages are published and applied once; rolled-back ones never.
 async fn committed_only(transport: &str, url: &str) {
     let Some(pool) = postgres().await else { return };
-    let table = unique("outbox_commit");
-    let service = outbox_service(options(transport, url, &unique("t")), &table).await;
+    let (table, namespace) = (unique("outbox_commit"), unique("t"));
+    let service = outbox_service(options(transport, url, &namespace), &table).await;
     let base = format!("http://{}", service.http_addr());
     for n in 0..20 {
         assert_eq!(send_post(format!("{base}/place/{n}")).await, 201);
@@ -240,6 +248,7 @@ async fn committed_only(transport: &str, url: &str) {
     assert_eq!(applied(&pool, &table, 0..22).await[20], 0, "20 was never written");
     service.stop().await;
     drop_tables(&pool, &table).await;
+    delete_namespace(transport, url, &namespace).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,6 +334,7 @@ async fn survives_outages(transport: &str, url: &str) {
     a.stop().await;
     b.stop().await;
     drop_tables(&pool, &table).await;
+    delete_namespace(transport, url, &namespace).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,7 +567,8 @@ async fn a_poison_message_is_dead_lettered_after_the_delivery_limit_over_nats() 
     else {
         return;
     };
-    poison(Arc::new(transport), config).await;
+    poison(Arc::new(transport), config.clone()).await;
+    delete_namespace("nats", &nats_url(), &config.namespace).await;
 }
 
 #[tokio::test]
@@ -571,7 +582,8 @@ async fn a_poison_message_is_dead_lettered_after_the_delivery_limit_over_rabbitm
     else {
         return;
     };
-    poison(Arc::new(transport), config).await;
+    poison(Arc::new(transport), config.clone()).await;
+    delete_namespace("amqp", &amqp_url(), &config.namespace).await;
 }
 
 #[tokio::test]
@@ -661,6 +673,7 @@ async fn a_consumer_whose_subscription_ends_subscribes_again() {
     })
     .await;
     stop.cancel();
+    delete_namespace("nats", &nats_url(), &config.namespace).await;
 }
 
 #[tokio::test]
@@ -892,6 +905,7 @@ async fn dead_letters_through_the_admin_port(transport: &str, url: &str) {
         .unwrap();
     assert!(steady.is_empty());
     service.stop().await;
+    delete_namespace(transport, url, &namespace).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

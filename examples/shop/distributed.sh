@@ -131,5 +131,16 @@ checkout=$(api -H "idempotency-key: smoke-$namespace-2" -d '{"item":"book","quan
 checkout_id=$(sed -E 's/.*"id":"([^"]+)".*/\1/' <<<"$checkout")
 await_status "/checkouts/$checkout_id" completed || ok=false
 if stop_all; then echo "every service stopped cleanly"; else echo "error: a service exited non-zero" >&2; ok=false; fi
+# The smoke run's namespace is of no use once it ended: its schema and, on a local RabbitMQ, its
+# durable queues go, so that runs do not pile them up.
+if [[ $store == postgres ]]; then
+    psql -q "$database" -c "SET client_min_messages = warning; DROP SCHEMA $schema CASCADE"
+fi
+if [[ $transport == amqp ]] && command -v rabbitmqctl >/dev/null; then
+    rabbitmqctl -q list_queues name | { grep "^$namespace\." || true; } | while read -r queue; do
+        # rabbitmqctl reads standard input: kept off the list it is handed.
+        rabbitmqctl -q delete_queue "$queue" </dev/null >/dev/null
+    done
+fi
 $ok && echo "smoke test passed: order $order_id confirmed, checkout $checkout_id completed"
 $ok
