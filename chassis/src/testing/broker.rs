@@ -120,3 +120,16 @@ async fn rabbitmqctl(args: &[&str]) -> Result<Vec<String>, String> {
         .map(str::to_owned)
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::delete_broker_namespace;
+
+    #[tokio::test]
+    async fn the_memory_transport_keeps_nothing_on_a_broker_and_an_unknown_one_is_named_in_the_error() {
+        assert_eq!(delete_broker_namespace("memory", "", "t_1").await, Ok(0));
+        let error = delete_broker_namespace("kafka", "", "t_1").await.unwrap_err();
+        assert!(error.contains("\"kafka\""), "{error}");
+        assert!(error.contains("\"memory\""), "it lists what it knows: {error}");
+    }
+}
