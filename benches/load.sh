@@ -37,13 +37,14 @@ if [ "${EXPORT:-0}" = 1 ]; then
     CHASSIS_ENV=(APP__TELEMETRY__OTLP__ENDPOINT=http://127.0.0.1:4318)
 fi
 
-# CPU time (user + system) the process has used, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU time (user + system) that the process or thread of the stat file $1 has used, in clock ticks.
+stat_ticks() { awk '{print $14 + $15}' "$1"; }
+cpu_ticks() { stat_ticks "/proc/$1/stat"; }
 # The part of it that the span export threads (named otel-export) used.
 export_ticks() {
     local task ticks=0
     for task in /proc/"$1"/task/*; do
-        [ "$(cat "$task/comm" 2>/dev/null)" = otel-export ] && ticks=$((ticks + $(awk '{print $14 + $15}' "$task/stat")))
+        [ "$(cat "$task/comm" 2>/dev/null)" = otel-export ] && ticks=$((ticks + $(stat_ticks "$task/stat")))
     done
     echo "$ticks"
 }
