@@ -924,3 +924,129 @@ async fn dead_letters_are_listed_and_replayed_over_rabbitmq() {
     let Some(url) = broker("amqp").await else { return };
     dead_letters_through_the_admin_port("amqp", &url).await;
 }
+
+/// A lost connection counts once against `messaging.max_deliveries`, however many consumers
+/// of the group were on it: the message in hand at each cut comes again with its delivery
+/// count one higher, and is handled in the end rather than dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_lost_connection_counts_one_delivery_over_rabbitmq() {
+    const CUTS: u32 = 4;
+    let Some(url) = broker("amqp").await else { return };
+    let proxy = FaultProxy::start(authority(&url)).await;
+    let mut config = strict(&unique("t"));
+    // Idle consumers beside the one holding the message: the broker may hand a returned
+    // message to any of them.
+    config.concurrency = 8;
+    config.max_deliveries = CUTS + 1;
+    let transport = chassis::messaging::AmqpTransport::connect(&proxy.url(&url), &config)
+        .await
+        .unwrap();
+    let bus = Bus::from_arc(Arc::new(transport), "tests", config.clone());
+    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let s = seen.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    bus.subscribe(
+        "counted",
+        move |incoming: Incoming<Placed>| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(incoming.delivered);
+
+                if incoming.delivered <= CUTS {
+                    // In hand when the connection goes: never finished.
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, String>(())
+            }
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    bus.publish(&Placed { n: 1 }).await.unwrap();
+    let transport = bus.transport().clone();
+    let reached = async |deliveries: u32| {
+        eventually("the message in a handler, or dead-lettered", async || {
+            let handled = seen.lock().unwrap().len() as u32 >= deliveries;
+            // Listing may meet the connection the proxy just cut: that is not a dead letter.
+            let dead_lettered = transport
+                .list_dead_letters("counted", 1)
+                .await
+                .is_ok_and(|letters| !letters.is_empty());
+            (handled || dead_lettered).then_some(())
+        })
+        .await;
+    };
+    for cut in 1..=CUTS {
+        reached(cut).await;
+        proxy.cut();
+    }
+    reached(CUTS + 1).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        (1..=CUTS + 1).collect::<Vec<_>>(),
+        "one delivery more per lost connection"
+    );
+    let letters = transport.list_dead_letters("counted", 10).await.unwrap();
+    assert!(letters.is_empty(), "nothing dead-lettered: {letters:?}");
+    stop.cancel();
+    delete_namespace("amqp", &url, &config.namespace).await;
+}
+
+/// A delivery dropped without an acknowledgement while its consumer goes on (the dead letter
+/// could not be stored, say) comes again to the group, counted once more.
+async fn dropped_unacknowledged(transport: Arc<dyn Transport>, config: MessagingConfig) {
+    let mut subscription = transport
+        .subscribe(Kind::Event, Placed::TYPE, "dropping")
+        .await
+        .unwrap();
+    Bus::from_arc(transport.clone(), "tests", config)
+        .publish(&Placed { n: 1 })
+        .await
+        .unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(20), subscription.next())
+            .await
+            .expect("a delivery")
+            .expect("the subscription goes on")
+            .unwrap()
+    };
+    let first = next().await;
+    assert_eq!(first.delivered, 1);
+    drop(first);
+    let again = next().await;
+    assert_eq!(again.delivered, 2, "the same message, counted once more");
+    assert_eq!(serde_json::from_slice::<Placed>(&again.message.body).unwrap().n, 1);
+    again.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_delivery_dropped_unacknowledged_comes_again_in_memory() {
+    dropped_unacknowledged(Arc::new(chassis::messaging::MemoryTransport::new()), strict("memory")).await;
+}
+
+#[tokio::test]
+async fn a_delivery_dropped_unacknowledged_comes_again_over_nats() {
+    let config = strict(&unique("t"));
+    let Some(transport) = backend("NATS", chassis::messaging::NatsTransport::connect(&nats_url(), &config)).await
+    else {
+        return;
+    };
+    dropped_unacknowledged(Arc::new(transport), config.clone()).await;
+    delete_namespace("nats", &nats_url(), &config.namespace).await;
+}
+
+#[tokio::test]
+async fn a_delivery_dropped_unacknowledged_comes_again_over_rabbitmq() {
+    let config = strict(&unique("t"));
+    let Some(transport) = backend(
+        "RabbitMQ",
+        chassis::messaging::AmqpTransport::connect(&amqp_url(), &config),
+    )
+    .await
+    else {
+        return;
+    };
+    dropped_unacknowledged(Arc::new(transport), config.clone()).await;
+    delete_namespace("amqp", &amqp_url(), &config.namespace).await;
+}

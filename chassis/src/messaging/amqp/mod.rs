@@ -2,19 +2,19 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
+mod consume;
+
+use self::consume::{AmqpSubscription, ConsumerChannels};
 use super::consumer::REPLAY_GROUP;
-use super::{
-    Acker, DeadLetter, Delivery, Kind, MessagingConfig, MessagingError, Outgoing, RawMessage, Subscription, Transport,
-};
+use super::{DeadLetter, Kind, MessagingConfig, MessagingError, Outgoing, RawMessage, Subscription, Transport};
 
 fn error(e: impl std::fmt::Display) -> MessagingError {
     MessagingError::transport("amqp", e)
@@ -24,8 +24,10 @@ fn error(e: impl std::fmt::Display) -> MessagingError {
 /// and event type (`{ns}.{group}.{type}`), a direct exchange `{ns}.commands` with a quorum
 /// queue per command type, a direct exchange `{ns}.dead-letters` with a queue per group,
 /// persistent messages, publisher confirms, manual acknowledgements and a prefetch of one per
-/// consumer. Unacknowledged messages of a consumer that goes away are requeued by the broker,
-/// which counts the deliveries (`x-delivery-count`): past `messaging.max_deliveries` the
+/// consumer; the consumers of a queue share one channel per connection, so that a lost
+/// connection counts once against the delivery limit. Unacknowledged messages of a consumer
+/// that goes away are requeued by the broker, which counts the deliveries
+/// (`x-delivery-count`): past `messaging.max_deliveries` the
 /// chassis dead-letters the message, and the queue's own `x-delivery-limit`, one higher, sends
 /// it to the dead letters should even that delivery never be acknowledged.
 ///
@@ -57,11 +59,12 @@ pub struct AmqpTransport {
     declared: Mutex<HashSet<String>>,
 }
 
-/// A connection and its publishing channel (publisher confirms on), replaced together when
-/// the connection is lost.
+/// A connection, its publishing channel (publisher confirms on) and its consuming channels,
+/// replaced together when the connection is lost.
 struct Link {
     connection: Connection,
     publisher: Channel,
+    consuming: ConsumerChannels,
 }
 
 /// The longest wait for the broker to open a connection.
@@ -105,7 +108,11 @@ impl Link {
                 .await
                 .map_err(|e| error(format!("cannot declare exchange {exchange}: {e}")))?;
         }
-        Ok(Self { connection, publisher })
+        Ok(Self {
+            connection,
+            publisher,
+            consuming: ConsumerChannels::default(),
+        })
     }
 
     fn usable(&self) -> bool {
@@ -334,81 +341,11 @@ fn headers_of(properties: &BasicProperties) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// How many times the broker delivered the message: one more than a quorum queue's
-/// `x-delivery-count`, or at least two when it only says it was delivered before.
-fn delivery_count(properties: &BasicProperties, redelivered: bool) -> u32 {
-    let counted = properties
-        .headers()
-        .as_ref()
-        .and_then(|table| table.inner().get("x-delivery-count").cloned())
-        .and_then(|value| match value {
-            AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
-            AMQPValue::LongInt(n) => u32::try_from(n).ok(),
-            AMQPValue::LongUInt(n) => Some(n),
-            AMQPValue::ShortInt(n) => u32::try_from(n).ok(),
-            AMQPValue::ShortUInt(n) => Some(u32::from(n)),
-            _ => None,
-        });
-    match counted {
-        Some(previous) => previous.saturating_add(1),
-        None if redelivered => 2,
-        None => 1,
-    }
-}
-
-struct AmqpSubscription {
-    consumer: lapin::Consumer,
-    // Kept so the channel lives as long as the subscription: closing it requeues what is
-    // unacknowledged.
-    _channel: Channel,
-}
-
-struct AmqpAcker {
-    acker: lapin::Acker,
-}
-
-impl Acker for AmqpAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), MessagingError>> {
-        Box::pin(async move {
-            self.acker.ack(BasicAckOptions::default()).await.map_err(error)?;
-            Ok(())
-        })
-    }
-}
-
 fn header_text(value: &AMQPValue) -> Option<String> {
     match value {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.to_string()),
         _ => None,
-    }
-}
-
-impl Subscription for AmqpSubscription {
-    fn next(&mut self) -> BoxFuture<'_, Option<Result<Delivery, MessagingError>>> {
-        Box::pin(async move {
-            let delivery = match self.consumer.next().await {
-                Some(Ok(delivery)) => delivery,
-                // The channel or its connection is gone: the subscription ends, and the
-                // supervisor subscribes again on a new connection. Deliveries not yet
-                // acknowledged are requeued by the broker and come again.
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer interrupted; subscribing again");
-                    return None;
-                }
-                None => return None,
-            };
-            let raw = RawMessage {
-                headers: headers_of(&delivery.properties),
-                body: delivery.data.clone().into(),
-            };
-            let delivered = delivery_count(&delivery.properties, delivery.redelivered);
-            Some(Ok(Delivery::new(
-                raw,
-                delivered,
-                Box::new(AmqpAcker { acker: delivery.acker }),
-            )))
-        })
     }
 }
 
@@ -440,9 +377,9 @@ impl Transport for AmqpTransport {
         group: &'a str,
     ) -> BoxFuture<'a, Result<Box<dyn Subscription>, MessagingError>> {
         Box::pin(async move {
-            let channel = self.link().await?.connection.create_channel().await.map_err(error)?;
-            channel.basic_qos(1, BasicQosOptions::default()).await.map_err(error)?;
+            let link = self.link().await?;
             let queue = self.queue(kind, message_type, group);
+            let channel = link.consuming.channel(&link.connection, &queue).await?;
             let arguments = self.consumed_queue_arguments(group);
             self.declare_bound(&channel, &queue, &self.exchange(kind), message_type, arguments)
                 .await?;
@@ -455,10 +392,7 @@ impl Transport for AmqpTransport {
                 )
                 .await
                 .map_err(|e| error(format!("cannot consume {queue}: {e}")))?;
-            Ok(Box::new(AmqpSubscription {
-                consumer,
-                _channel: channel,
-            }) as Box<dyn Subscription>)
+            Ok(Box::new(AmqpSubscription::new(consumer, channel)) as Box<dyn Subscription>)
         })
     }
 
