@@ -71,6 +71,22 @@ async fn delete_namespace(transport: &str, url: &str, namespace: &str) {
         .unwrap_or_else(|error| panic!("deleting {namespace} on {transport}: {error}"));
 }
 
+/// Runs `check` against a transport connected to the broker of `transport` (`"nats"` or
+/// `"amqp"`) with [`strict`] settings in a namespace of its own, then deletes the namespace.
+async fn on_broker<F: Future<Output = ()>>(
+    transport: &str,
+    check: impl FnOnce(Arc<dyn Transport>, MessagingConfig) -> F,
+) {
+    let Some(url) = broker(transport).await else { return };
+    let config = strict(&unique("t"));
+    let connected: Arc<dyn Transport> = match transport {
+        "nats" => Arc::new(chassis::messaging::NatsTransport::connect(&url, &config).await.unwrap()),
+        _ => Arc::new(chassis::messaging::AmqpTransport::connect(&url, &config).await.unwrap()),
+    };
+    check(connected, config.clone()).await;
+    delete_namespace(transport, &url, &config.namespace).await;
+}
+
 /// Test options for a service on `transport` at `url`, with PostgreSQL.
 fn options(transport: &str, url: &str, namespace: &str) -> Options {
     let (transport, url, namespace, postgres) = (
@@ -562,28 +578,12 @@ async fn a_poison_message_is_dead_lettered_after_the_delivery_limit_in_memory() 
 
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_after_the_delivery_limit_over_nats() {
-    let config = strict(&unique("t"));
-    let Some(transport) = backend("NATS", chassis::messaging::NatsTransport::connect(&nats_url(), &config)).await
-    else {
-        return;
-    };
-    poison(Arc::new(transport), config.clone()).await;
-    delete_namespace("nats", &nats_url(), &config.namespace).await;
+    on_broker("nats", poison).await;
 }
 
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_after_the_delivery_limit_over_rabbitmq() {
-    let config = strict(&unique("t"));
-    let Some(transport) = backend(
-        "RabbitMQ",
-        chassis::messaging::AmqpTransport::connect(&amqp_url(), &config),
-    )
-    .await
-    else {
-        return;
-    };
-    poison(Arc::new(transport), config.clone()).await;
-    delete_namespace("amqp", &amqp_url(), &config.namespace).await;
+    on_broker("amqp", poison).await;
 }
 
 #[tokio::test]
@@ -1027,26 +1027,10 @@ async fn a_delivery_dropped_unacknowledged_comes_again_in_memory() {
 
 #[tokio::test]
 async fn a_delivery_dropped_unacknowledged_comes_again_over_nats() {
-    let config = strict(&unique("t"));
-    let Some(transport) = backend("NATS", chassis::messaging::NatsTransport::connect(&nats_url(), &config)).await
-    else {
-        return;
-    };
-    dropped_unacknowledged(Arc::new(transport), config.clone()).await;
-    delete_namespace("nats", &nats_url(), &config.namespace).await;
+    on_broker("nats", dropped_unacknowledged).await;
 }
 
 #[tokio::test]
 async fn a_delivery_dropped_unacknowledged_comes_again_over_rabbitmq() {
-    let config = strict(&unique("t"));
-    let Some(transport) = backend(
-        "RabbitMQ",
-        chassis::messaging::AmqpTransport::connect(&amqp_url(), &config),
-    )
-    .await
-    else {
-        return;
-    };
-    dropped_unacknowledged(Arc::new(transport), config.clone()).await;
-    delete_namespace("amqp", &amqp_url(), &config.namespace).await;
+    on_broker("amqp", dropped_unacknowledged).await;
 }
