@@ -925,72 +925,97 @@ async fn dead_letters_are_listed_and_replayed_over_rabbitmq() {
     dead_letters_through_the_admin_port("amqp", &url).await;
 }
 
-/// A lost connection counts once against `messaging.max_deliveries`, however many consumers
-/// of the group were on it: the message in hand at each cut comes again with its delivery
-/// count one higher, and is handled in the end rather than dead-lettered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_lost_connection_counts_one_delivery_over_rabbitmq() {
-    const CUTS: u32 = 4;
-    let Some(url) = broker("amqp").await else { return };
+/// The delivery counts a message in hand comes with when the connections of `instances`
+/// instances of a group, each running `consumers` consumers, are cut `cuts` times through a
+/// proxy: one entry per delivery that reached a handler. `None` when RabbitMQ is unreachable
+/// and the test may skip.
+async fn counts_through_cuts(instances: usize, consumers: usize, cuts: u32) -> Option<Vec<u32>> {
+    let url = broker("amqp").await?;
     let proxy = FaultProxy::start(authority(&url)).await;
     let mut config = strict(&unique("t"));
     // Idle consumers beside the one holding the message: the broker may hand a returned
     // message to any of them.
-    config.concurrency = 8;
-    config.max_deliveries = CUTS + 1;
-    let transport = chassis::messaging::AmqpTransport::connect(&proxy.url(&url), &config)
+    config.concurrency = consumers;
+    // Above any count the cuts can reach: a message dead-lettered unhandled would end the run
+    // with fewer deliveries than expected.
+    config.max_deliveries = (instances as u32 * consumers as u32 + 1) * cuts;
+    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut buses = Vec::new();
+    for _ in 0..instances {
+        let transport = chassis::messaging::AmqpTransport::connect(&proxy.url(&url), &config)
+            .await
+            .unwrap();
+        let bus = Bus::from_arc(Arc::new(transport), "tests", config.clone());
+        let s = seen.clone();
+        bus.subscribe(
+            "counted",
+            move |incoming: Incoming<Placed>| {
+                let s = s.clone();
+                async move {
+                    let deliveries = {
+                        let mut seen = s.lock().unwrap();
+                        seen.push(incoming.delivered);
+                        seen.len() as u32
+                    };
+                    if deliveries <= cuts {
+                        // In hand when the connection goes: never finished.
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, String>(())
+                }
+            },
+            stop.clone(),
+        )
         .await
         .unwrap();
-    let bus = Bus::from_arc(Arc::new(transport), "tests", config.clone());
-    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
-    let s = seen.clone();
-    let stop = tokio_util::sync::CancellationToken::new();
-    bus.subscribe(
-        "counted",
-        move |incoming: Incoming<Placed>| {
-            let s = s.clone();
-            async move {
-                s.lock().unwrap().push(incoming.delivered);
-
-                if incoming.delivered <= CUTS {
-                    // In hand when the connection goes: never finished.
-                    std::future::pending::<()>().await;
-                }
-                Ok::<_, String>(())
-            }
-        },
-        stop.clone(),
-    )
-    .await
-    .unwrap();
-    bus.publish(&Placed { n: 1 }).await.unwrap();
-    let transport = bus.transport().clone();
+        buses.push(bus);
+    }
+    buses[0].publish(&Placed { n: 1 }).await.unwrap();
     let reached = async |deliveries: u32| {
-        eventually("the message in a handler, or dead-lettered", async || {
-            let handled = seen.lock().unwrap().len() as u32 >= deliveries;
-            // Listing may meet the connection the proxy just cut: that is not a dead letter.
-            let dead_lettered = transport
-                .list_dead_letters("counted", 1)
-                .await
-                .is_ok_and(|letters| !letters.is_empty());
-            (handled || dead_lettered).then_some(())
+        eventually("the message in a handler", async || {
+            (seen.lock().unwrap().len() as u32 >= deliveries).then_some(())
         })
         .await;
     };
-    for cut in 1..=CUTS {
+    for cut in 1..=cuts {
         reached(cut).await;
         proxy.cut();
     }
-    reached(CUTS + 1).await;
-    assert_eq!(
-        *seen.lock().unwrap(),
-        (1..=CUTS + 1).collect::<Vec<_>>(),
-        "one delivery more per lost connection"
-    );
-    let letters = transport.list_dead_letters("counted", 10).await.unwrap();
+    reached(cuts + 1).await;
+    let letters = buses[0].transport().list_dead_letters("counted", 10).await.unwrap();
     assert!(letters.is_empty(), "nothing dead-lettered: {letters:?}");
     stop.cancel();
     delete_namespace("amqp", &url, &config.namespace).await;
+    let seen = seen.lock().unwrap().clone();
+    Some(seen)
+}
+
+/// A lost connection counts once against `messaging.max_deliveries`, however many consumers
+/// of the group were on it: the message in hand at each cut comes again with its delivery
+/// count one higher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_lost_connection_counts_one_delivery_over_rabbitmq() {
+    let Some(counts) = counts_through_cuts(1, 8, 4).await else {
+        return;
+    };
+    assert_eq!(counts, vec![1, 2, 3, 4, 5], "one delivery more per lost connection");
+}
+
+/// When the connections of several instances are lost together, the broker may hand the
+/// returned message to another instance's consumer before it ends that one too: a cut counts
+/// at most once per instance, not once per consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_of_several_instances_counts_at_most_once_per_instance_over_rabbitmq() {
+    const INSTANCES: u32 = 3;
+    let Some(counts) = counts_through_cuts(INSTANCES as usize, 4, 3).await else {
+        return;
+    };
+    assert_eq!(counts[0], 1, "{counts:?}");
+    for step in counts.windows(2) {
+        let added = step[1] - step[0];
+        assert!((1..=INSTANCES).contains(&added), "a cut added {added}: {counts:?}");
+    }
 }
 
 /// A delivery dropped without an acknowledgement while its consumer goes on (the dead letter
