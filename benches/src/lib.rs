@@ -13,13 +13,11 @@ pub fn routes() -> Router {
         .route("/health", get(|| async { "ok" }))
 }
 
-/// Deletes the streams a run made on NATS for `namespace`.
-pub async fn delete_nats_streams(nats: &chassis::messaging::NatsTransport, namespace: &str) {
-    for family in ["EVENTS", "COMMANDS", "DEAD_LETTERS"] {
-        let _ = nats
-            .jetstream()
-            .delete_stream(format!("{}_{family}", namespace.to_uppercase()))
-            .await;
+/// Deletes what a run declared on `transport`'s broker at `url` under `namespace` (streams,
+/// queues), so that runs leave nothing behind on a shared broker.
+pub async fn delete_namespace(transport: &str, url: &str, namespace: &str) {
+    if let Err(error) = chassis::testing::delete_broker_namespace(transport, url, namespace).await {
+        eprintln!("{namespace} is left on the {transport} broker: {error}");
     }
 }
 

@@ -80,13 +80,15 @@ async fn main() {
     println!("| transport | messages | messages/s (publish to consumed) | p50 latency | p99 latency |");
     println!("|---|---|---|---|---|");
     run("memory", Arc::new(MemoryTransport::new()), config.clone(), messages).await;
-    let nats = NatsTransport::connect("nats://127.0.0.1:4222", &config)
+    let (nats_url, amqp_url) = ("nats://127.0.0.1:4222", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let nats = NatsTransport::connect(nats_url, &config)
         .await
         .expect("NATS on 127.0.0.1:4222");
-    run("nats (JetStream)", Arc::new(nats.clone()), config.clone(), messages).await;
-    chassis_benches::delete_nats_streams(&nats, &namespace).await;
-    let amqp = AmqpTransport::connect("amqp://guest:guest@127.0.0.1:5672/%2f", &config)
+    run("nats (JetStream)", Arc::new(nats), config.clone(), messages).await;
+    chassis_benches::delete_namespace("nats", nats_url, &namespace).await;
+    let amqp = AmqpTransport::connect(amqp_url, &config)
         .await
         .expect("RabbitMQ on 127.0.0.1:5672");
     run("amqp (RabbitMQ)", Arc::new(amqp), config, messages).await;
+    chassis_benches::delete_namespace("amqp", amqp_url, &namespace).await;
 }

@@ -165,13 +165,14 @@ async fn main() {
         "| broker | messages | `Bus::publish` one by one (msg/s) | `publish_batch` of 128 (msg/s) | relay (msg/s) | relay / batch | relay / one by one | `Outbox::add`, 100 per transaction (rows/s) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    let nats = NatsTransport::connect(&env("NATS_URL", "nats://127.0.0.1:4222"), &config)
-        .await
-        .expect("NATS");
-    broker("NATS JetStream", Arc::new(nats.clone()), &config, &pool, messages).await;
-    chassis_benches::delete_nats_streams(&nats, &namespace).await;
-    let amqp = AmqpTransport::connect(&env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"), &config)
-        .await
-        .expect("RabbitMQ");
+    let (nats_url, amqp_url) = (
+        env("NATS_URL", "nats://127.0.0.1:4222"),
+        env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+    );
+    let nats = NatsTransport::connect(&nats_url, &config).await.expect("NATS");
+    broker("NATS JetStream", Arc::new(nats), &config, &pool, messages).await;
+    chassis_benches::delete_namespace("nats", &nats_url, &namespace).await;
+    let amqp = AmqpTransport::connect(&amqp_url, &config).await.expect("RabbitMQ");
     broker("RabbitMQ", Arc::new(amqp), &config, &pool, messages).await;
+    chassis_benches::delete_namespace("amqp", &amqp_url, &namespace).await;
 }
