@@ -19,9 +19,9 @@ use crate::messaging::{Acker, Delivery, MessagingError, RawMessage, Subscription
 ///
 /// A quorum queue counts a delivery each time a consumer holding the message goes away. When a
 /// connection drops, the broker ends its channels one after another, and a message returned by
-/// the first is handed to another consumer of the queue whose channel is not ended yet: with a
-/// channel per consumer, one lost connection counted once per consumer, and a few outages
-/// dead-lettered messages no handler had failed. The consumers of a queue on one channel end
+/// the first is handed to another consumer of the queue whose channel is not ended yet. With a
+/// channel per consumer, one lost connection would count once per consumer, and a few outages
+/// would dead-letter messages no handler failed. The consumers of a queue on one channel end
 /// together, and a lost connection counts once.
 #[derive(Default)]
 pub(super) struct ConsumerChannels {
