@@ -987,8 +987,7 @@ async fn counts_through_cuts(instances: usize, consumers: usize, cuts: u32) -> O
     assert!(letters.is_empty(), "nothing dead-lettered: {letters:?}");
     stop.cancel();
     delete_namespace("amqp", &url, &config.namespace).await;
-    let seen = seen.lock().unwrap().clone();
-    Some(seen)
+    Some(seen.lock().unwrap().clone())
 }
 
 /// A lost connection counts once against `messaging.max_deliveries`, however many consumers

@@ -137,11 +137,7 @@ impl Drop for AmqpSubscription {
         let Some(consumer) = self.consumer.take() else {
             return;
         };
-        // Without a runtime the consumer is cancelled as it drops, and what it holds is
-        // returned when the connection closes.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(retire(self.channel.clone(), consumer, self.unsettled.clone()));
-        }
+        spawn(retire(self.channel.clone(), consumer, self.unsettled.clone()));
     }
 }
 
@@ -168,6 +164,15 @@ async fn retire(channel: Channel, mut consumer: lapin::Consumer, unsettled: Arc<
     // The cancellation ends the stream after the deliveries that arrived before it.
     while let Ok(Some(Ok(delivery))) = tokio::time::timeout(RETIRE_TIMEOUT, consumer.next()).await {
         requeue(&delivery.acker).await;
+    }
+}
+
+/// Runs `task`, the settling a drop starts, on the current runtime. Without one (a drop after
+/// the runtime ended) it does not run: what the consumer held goes back to the queue when the
+/// connection closes.
+fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(task);
     }
 }
 
@@ -215,8 +220,6 @@ impl Drop for AmqpAcker {
             return;
         }
         drop(unsettled);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { requeue(&acker).await });
-        }
+        spawn(async move { requeue(&acker).await });
     }
 }
