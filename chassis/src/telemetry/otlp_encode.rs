@@ -285,21 +285,19 @@ impl Writer<'_> {
         self.fixed32(16, flags(context, parent_is_remote));
     }
 
-    fn ended(&mut self, span: &EndedSpan) {
+    fn ended(&mut self, span: &EndedSpan, constants: &mut RequestConstants) {
         match span {
             EndedSpan::Sdk(span) => self.span(span),
-            EndedSpan::Server(record) => self.server(record),
+            EndedSpan::Server(record) => self.server(record, constants),
         }
     }
 
     /// A server span, its attributes in the order the SDK's span would hold them.
-    fn server(&mut self, span: &ServerRecord) {
+    fn server(&mut self, span: &ServerRecord, constants: &mut RequestConstants) {
         let times = [span.start, span.end];
         self.head(&span.context, span.parent_span_id, &span.name, &SpanKind::Server, times);
         let request = &span.request;
-        self.text_attribute(9, b"http.request.method", request.method.as_bytes());
-        self.text_attribute(9, b"url.scheme", request.scheme.as_bytes());
-        self.text_attribute(9, b"network.protocol.version", request.protocol_version.as_bytes());
+        constants.write(self, request);
         for (key, value) in request.texts() {
             self.text_attribute(9, key.as_bytes(), value);
         }
@@ -324,6 +322,39 @@ impl Writer<'_> {
         self.string_unless_empty(2, scope.version().unwrap_or_default());
         let attributes: Vec<KeyValue> = scope.attributes().cloned().collect();
         self.attributes(3, &attributes);
+    }
+}
+
+/// A server span's method, scheme and protocol version attributes, encoded once per batch:
+/// nearly every request of a batch has the same three, so each span copies their bytes
+/// instead of writing three attributes.
+#[derive(Default)]
+struct RequestConstants {
+    /// The values `encoded` holds, compared by address: the fields are `&'static str`s from
+    /// small fixed sets, and another address of the same text only costs an encoding.
+    of: Option<[&'static str; 3]>,
+    encoded: Vec<u8>,
+}
+
+impl RequestConstants {
+    fn write(&mut self, writer: &mut Writer<'_>, request: &super::server_span::RequestFields) {
+        let values = [request.method, request.scheme, request.protocol_version];
+        let same = self
+            .of
+            .is_some_and(|of| of.iter().zip(&values).all(|(held, value)| std::ptr::eq(*held, *value)));
+        if !same {
+            self.encoded.clear();
+            let mut encoder = Writer { buf: &mut self.encoded };
+            for (key, value) in [
+                (&b"http.request.method"[..], values[0]),
+                (b"url.scheme", values[1]),
+                (b"network.protocol.version", values[2]),
+            ] {
+                encoder.text_attribute(9, key, value.as_bytes());
+            }
+            self.of = Some(values);
+        }
+        writer.buf.extend_from_slice(&self.encoded);
     }
 }
 
@@ -429,6 +460,7 @@ pub(crate) fn encode_spans(resource: &EncodedResource, batch: &[EndedSpan], out:
             scopes.push(span.scope());
         }
     }
+    let mut constants = RequestConstants::default();
     let mut writer = Writer { buf: out };
     writer.message_sized(1, 3, |resource_spans| {
         resource_spans.message(1, |r| r.buf.extend_from_slice(&resource.resource));
@@ -436,7 +468,7 @@ pub(crate) fn encode_spans(resource: &EncodedResource, batch: &[EndedSpan], out:
             resource_spans.message_sized(2, 3, |scope_spans| {
                 scope_spans.message(1, |s| s.scope(scope));
                 for span in batch.iter().filter(|span| same(span.scope(), scope)) {
-                    scope_spans.message_sized(2, 2, |s| s.ended(span));
+                    scope_spans.message_sized(2, 2, |s| s.ended(span, &mut constants));
                 }
                 scope_spans.string_unless_empty(3, scope.schema_url().unwrap_or_default());
             });
@@ -699,6 +731,61 @@ pub(crate) mod tests {
                 _ => assert_eq!(original, None),
             }
         }
+    }
+
+    #[test]
+    fn each_server_span_of_a_batch_carries_its_own_method_scheme_and_protocol_version() {
+        let resource = Resource::builder().with_service_name("orders").build();
+        let with_version = |method, version: &'static str| {
+            let mut span = server_record(method, false);
+            if let EndedSpan::Server(record) = &mut span {
+                record.request.protocol_version = version;
+            }
+            span
+        };
+        // The encoding made for one span's three values must not carry over to the next's.
+        let batch = vec![
+            with_version("GET", "1.1"),
+            with_version("POST", "1.1"),
+            with_version("POST", "2"),
+            with_version("PURGE", "2"),
+            with_version("GET", "1.1"),
+        ];
+        let decoded = ours_ended(&resource, &batch);
+        let expected = sdk_encoding(&resource, batch.into_iter().map(EndedSpan::into_span_data).collect());
+        assert_eq!(decoded, expected);
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as Proto;
+        let text = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value)
+        };
+        let seen: Vec<_> = decoded.resource_spans[0].scope_spans[0]
+            .spans
+            .iter()
+            .map(|span| {
+                (
+                    text(span, "http.request.method"),
+                    text(span, "network.protocol.version"),
+                )
+            })
+            .collect();
+        let written = [
+            ("GET", "1.1"),
+            ("POST", "1.1"),
+            ("POST", "2"),
+            ("_OTHER", "2"),
+            ("GET", "1.1"),
+        ]
+        .map(|(method, version)| {
+            (
+                Some(Proto::StringValue(method.into())),
+                Some(Proto::StringValue(version.into())),
+            )
+        });
+        assert_eq!(seen, written);
     }
 
     #[test]
