@@ -38,8 +38,10 @@ pub(crate) struct HttpSpans {
     headers: HeaderMap,
     timeout: Duration,
     resource: EncodedResource,
-    /// The last batch's size, so the next body is allocated once at about the size it needs.
-    last_body: usize,
+    /// The last batch's bytes per span, so that the next body, whatever its number of spans,
+    /// is allocated once at about the size it needs: a batch after a small one (a tick's or
+    /// a flush's) would otherwise grow its body a dozen times, copying it each time.
+    bytes_per_span: usize,
     client: reqwest::Client,
     /// The export thread's own runtime, made there on the first export: the request is driven
     /// on this thread instead of being handed to another one.
@@ -128,7 +130,7 @@ impl HttpSpans {
             headers,
             timeout: config.timeout,
             resource: EncodedResource::default(),
-            last_body: 0,
+            bytes_per_span: 0,
             client,
             runtime: None,
         })
@@ -204,11 +206,12 @@ impl Export for HttpSpans {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut body = Vec::with_capacity(self.last_body + self.last_body / 8);
+        let expected = self.bytes_per_span * batch.len();
+        let mut body = Vec::with_capacity(expected + expected / 8);
         encode_spans(&self.resource, &batch, &mut body);
+        self.bytes_per_span = body.len().div_ceil(batch.len());
         // The spans' memory goes back before the wait on the network.
         super::server_span::SPARES.give_back(batch);
-        self.last_body = body.len();
         let body = Bytes::from(body);
         let deadline = Instant::now() + self.timeout;
         let mut delay = FIRST_DELAY;
