@@ -29,6 +29,9 @@ const MAX_RETRIES: u32 = 3;
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_millis(1600);
 const MAX_JITTER_MS: u64 = 100;
+/// The most a body is allocated with before it is written: a batch after one with a few very
+/// large spans (long attribute values) must not reserve that size for each of its spans.
+const MAX_PRESIZED_BODY: usize = 4 << 20;
 /// A collector's `Retry-After` is followed up to this long (within the timeout).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
@@ -206,7 +209,7 @@ impl Export for HttpSpans {
         if batch.is_empty() {
             return Ok(());
         }
-        let expected = self.bytes_per_span * batch.len();
+        let expected = (self.bytes_per_span * batch.len()).min(MAX_PRESIZED_BODY);
         let mut body = Vec::with_capacity(expected + expected / 8);
         encode_spans(&self.resource, &batch, &mut body);
         self.bytes_per_span = body.len().div_ceil(batch.len());
