@@ -649,6 +649,18 @@ pub(crate) mod tests {
         assert_eq!(decoded, sdk_encoding(&resource, batch));
     }
 
+    /// The value of `span`'s attribute `key`, as decoded.
+    fn attribute(
+        span: &opentelemetry_proto::tonic::trace::v1::Span,
+        key: &str,
+    ) -> Option<opentelemetry_proto::tonic::common::v1::any_value::Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+    }
+
     /// A server span of a request with every optional attribute, ended with a status code,
     /// a route, an event and an error status.
     fn server_record(method: &str, remote_parent: bool) -> EndedSpan {
@@ -713,14 +725,7 @@ pub(crate) mod tests {
             let expected = sdk_encoding(&resource, batch.into_iter().map(EndedSpan::into_span_data).collect());
             assert_eq!(decoded, expected);
             let spans = &decoded.resource_spans[0].scope_spans[0].spans;
-            let attribute = |key: &str| {
-                spans[0]
-                    .attributes
-                    .iter()
-                    .find(|kv| kv.key == key)
-                    .and_then(|kv| kv.value.clone())
-                    .and_then(|v| v.value)
-            };
+            let attribute = |key: &str| attribute(&spans[0], key);
             use opentelemetry_proto::tonic::common::v1::any_value::Value as Proto;
             assert_eq!(attribute("client.address"), Some(Proto::StringValue("10.1.2.3".into())));
             assert_eq!(attribute("url.path"), Some(Proto::StringValue("/orders/42".into())));
@@ -755,20 +760,13 @@ pub(crate) mod tests {
         let expected = sdk_encoding(&resource, batch.into_iter().map(EndedSpan::into_span_data).collect());
         assert_eq!(decoded, expected);
         use opentelemetry_proto::tonic::common::v1::any_value::Value as Proto;
-        let text = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
-            span.attributes
-                .iter()
-                .find(|kv| kv.key == key)
-                .and_then(|kv| kv.value.clone())
-                .and_then(|v| v.value)
-        };
         let seen: Vec<_> = decoded.resource_spans[0].scope_spans[0]
             .spans
             .iter()
             .map(|span| {
                 (
-                    text(span, "http.request.method"),
-                    text(span, "network.protocol.version"),
+                    attribute(span, "http.request.method"),
+                    attribute(span, "network.protocol.version"),
                 )
             })
             .collect();
